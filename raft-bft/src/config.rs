@@ -1,0 +1,86 @@
+//! Protocol parameters (PROTOCOL.md section 8), carried in the manifest so all replicas agree.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Every tunable of the protocol. Defaults are PROTOCOL.md's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// A batch closes when it holds this many txs.
+    pub max_batch_txs: u32,
+    /// A batch closes when its txs' ops and signatures reach this many bytes.
+    pub max_batch_bytes: u64,
+    /// A batch closes when its oldest tx has waited this long.
+    pub max_batch_delay: Duration,
+    /// At most this many entries are proposed and not yet committed.
+    pub pipeline_depth: u32,
+    /// An idle leader sends a heartbeat this often; also the leader's retransmission period.
+    pub heartbeat_interval: Duration,
+    /// Followers suspect a leader silent for this long.
+    pub election_timeout: Duration,
+    /// A forwarded tx not committed within this is a reason to suspect the leader.
+    pub request_timeout: Duration,
+    /// A pre-appended entry not committed within this is a reason to suspect the leader.
+    pub commit_timeout: Duration,
+    /// A new term that does not start within this is skipped (the timeout then doubles).
+    pub term_change_timeout: Duration,
+    /// Every this many entries, the execution certificate is a stable checkpoint.
+    pub checkpoint_interval: u64,
+    /// No message above this size is decoded.
+    pub max_message_bytes: u64,
+    /// No client op above this size is admitted.
+    pub max_op_bytes: u32,
+    /// The leader queues at most this many admitted txs waiting for a batch.
+    pub max_pending_txs: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            max_batch_txs: 1024,
+            max_batch_bytes: 1 << 20,
+            max_batch_delay: Duration::from_millis(2),
+            pipeline_depth: 8,
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+            commit_timeout: Duration::from_secs(1),
+            term_change_timeout: Duration::from_secs(1),
+            checkpoint_interval: 128,
+            max_message_bytes: 16 << 20,
+            max_op_bytes: 64 << 10,
+            max_pending_txs: 100_000,
+        }
+    }
+}
+
+impl Params {
+    /// Checks that the parameters can work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_txs == 0 {
+            return Err("max_batch_txs must be at least 1".into());
+        }
+        if self.pipeline_depth == 0 {
+            return Err("pipeline_depth must be at least 1".into());
+        }
+        if self.max_batch_bytes < u64::from(self.max_op_bytes) + 128 {
+            return Err("max_batch_bytes must hold at least one tx of max_op_bytes".into());
+        }
+        // An entry of a full batch must fit in one message.
+        let worst_entry = self.max_batch_bytes + u64::from(self.max_batch_txs) * 128 + 4096;
+        if self.max_message_bytes < worst_entry {
+            return Err(format!(
+                "max_message_bytes ({}) cannot hold a full batch (up to {worst_entry} bytes)",
+                self.max_message_bytes
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.election_timeout <= self.heartbeat_interval {
+            return Err("election_timeout must exceed a non-zero heartbeat_interval".into());
+        }
+        if self.checkpoint_interval == 0 {
+            return Err("checkpoint_interval must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! # raft-bft
+//!
+//! A replicated log that keeps working when up to `f` of `3f + 1` replicas are Byzantine.
+pub mod codec;
+pub mod config;
+pub mod crypto;
+pub mod manifest;
+pub mod merkle;
+pub mod message;
+pub mod types;
+pub mod verify;

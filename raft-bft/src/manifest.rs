@@ -1,0 +1,200 @@
+//! The cluster manifest (genesis): members, keys, admin keys and parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::config::Params;
+use crate::types::{Digest, PublicKey, ReplicaId};
+
+/// One replica as the manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// Its id: its position in the list.
+    pub id: ReplicaId,
+    /// The key that signs its votes and replies.
+    pub public_key: PublicKey,
+    /// Where peers reach it (`host:port`); opaque to the core.
+    pub address: String,
+}
+
+/// The genesis description of a cluster. Its hash is the `cluster_id` that every signature binds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// A human-readable name; part of the hash, so two clusters of the same keys differ.
+    pub name: String,
+    /// Replicas `0..n`, in id order.
+    pub replicas: Vec<ReplicaInfo>,
+    /// Keys allowed to sign admin operations.
+    pub admin_keys: Vec<PublicKey>,
+    /// Protocol parameters.
+    pub params: Params,
+}
+
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// No replicas.
+    #[error("the manifest lists no replicas")]
+    Empty,
+    /// Ids must be `0..n` in order.
+    #[error("replica at position {position} has id {id}; ids must be 0..n in order")]
+    IdOutOfOrder {
+        /// Position in the list.
+        position: usize,
+        /// The id found there.
+        id: ReplicaId,
+    },
+    /// Two replicas share a key.
+    #[error("replicas {a} and {b} share a public key")]
+    DuplicateKey {
+        /// First holder.
+        a: ReplicaId,
+        /// Second holder.
+        b: ReplicaId,
+    },
+    /// Bad parameters.
+    #[error("invalid parameters: {0}")]
+    Params(String),
+    /// Encoding failure.
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
+/// A validated manifest with the values derived from it.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    manifest: Manifest,
+    cluster_id: Digest,
+    f: usize,
+    quorum: usize,
+}
+
+impl Cluster {
+    /// Validates the manifest and derives `cluster_id`, `f` and the quorum size.
+    pub fn new(manifest: Manifest) -> Result<Self, ManifestError> {
+        if manifest.replicas.is_empty() {
+            return Err(ManifestError::Empty);
+        }
+        for (position, r) in manifest.replicas.iter().enumerate() {
+            if r.id.as_usize() != position {
+                return Err(ManifestError::IdOutOfOrder { position, id: r.id });
+            }
+        }
+        for (i, a) in manifest.replicas.iter().enumerate() {
+            if let Some(b) = manifest.replicas[i + 1..]
+                .iter()
+                .find(|b| b.public_key == a.public_key)
+            {
+                return Err(ManifestError::DuplicateKey { a: a.id, b: b.id });
+            }
+        }
+        manifest.params.validate().map_err(ManifestError::Params)?;
+        let bytes = codec::encode(&manifest)?;
+        let cluster_id = Digest(*blake3::hash(&bytes).as_bytes());
+        let n = manifest.replicas.len();
+        let f = (n - 1) / 3;
+        let quorum = (n + f + 1).div_ceil(2);
+        Ok(Cluster {
+            manifest,
+            cluster_id,
+            f,
+            quorum,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The protocol parameters.
+    pub fn params(&self) -> &Params {
+        &self.manifest.params
+    }
+
+    /// `blake3(manifest bytes)`.
+    pub fn cluster_id(&self) -> &Digest {
+        &self.cluster_id
+    }
+
+    /// Number of replicas.
+    pub fn n(&self) -> usize {
+        self.manifest.replicas.len()
+    }
+
+    /// Faults tolerated: `(n - 1) / 3`.
+    pub fn f(&self) -> usize {
+        self.f
+    }
+
+    /// Quorum size `ceil((n + f + 1) / 2)`; `2f + 1` for `n = 3f + 1`.
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// The public key of a member, or `None` for a non-member.
+    pub fn key_of(&self, id: ReplicaId) -> Option<&PublicKey> {
+        self.manifest.replicas.get(id.as_usize()).map(|r| &r.public_key)
+    }
+
+    /// All replica ids.
+    pub fn replica_ids(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        (0..self.n() as u32).map(ReplicaId)
+    }
+
+    /// The leader of `term`: `term mod n`.
+    pub fn leader_of(&self, term: crate::types::Term) -> ReplicaId {
+        ReplicaId((term.0 % self.n() as u64) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyPair;
+
+    fn manifest(n: usize) -> Manifest {
+        Manifest {
+            name: "test".into(),
+            replicas: (0..n)
+                .map(|i| ReplicaInfo {
+                    id: ReplicaId(i as u32),
+                    public_key: KeyPair::from_seed([i as u8; 32]).public(),
+                    address: format!("127.0.0.1:{}", 7000 + i),
+                })
+                .collect(),
+            admin_keys: vec![],
+            params: Params::default(),
+        }
+    }
+
+    #[test]
+    fn quorum_sizes() {
+        for (n, f, q) in [(1, 0, 1), (4, 1, 3), (5, 1, 4), (7, 2, 5), (10, 3, 7)] {
+            let c = Cluster::new(manifest(n)).unwrap();
+            assert_eq!((c.f(), c.quorum()), (f, q), "n={n}");
+        }
+    }
+
+    #[test]
+    fn cluster_id_binds_every_field() {
+        let a = Cluster::new(manifest(4)).unwrap();
+        let mut m = manifest(4);
+        m.name = "other".into();
+        assert_ne!(a.cluster_id(), Cluster::new(m).unwrap().cluster_id());
+        let mut m = manifest(4);
+        m.params.pipeline_depth = 3;
+        assert_ne!(a.cluster_id(), Cluster::new(m).unwrap().cluster_id());
+    }
+
+    #[test]
+    fn refuses_bad_manifests() {
+        let mut m = manifest(4);
+        m.replicas[2].id = ReplicaId(7);
+        assert!(matches!(Cluster::new(m), Err(ManifestError::IdOutOfOrder { .. })));
+        let mut m = manifest(4);
+        m.replicas[3].public_key = m.replicas[0].public_key;
+        assert!(matches!(Cluster::new(m), Err(ManifestError::DuplicateKey { .. })));
+        assert!(matches!(Cluster::new(manifest(0)), Err(ManifestError::Empty)));
+    }
+}

@@ -1,0 +1,325 @@
+//! Wire messages and the exact bytes each signature covers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Domain, KeyPair, Transcript};
+use crate::merkle::{self, MerkleProof};
+use crate::types::{ClientId, Digest, Index, ReplicaId, Signature, Term, TxId};
+
+/// A client's signed transaction. `ts` strictly increases per client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTx {
+    /// The client's public key.
+    pub client: ClientId,
+    /// The client's timestamp: strictly increasing per client.
+    pub ts: u64,
+    /// The operation, opaque to the protocol.
+    #[serde(with = "serde_bytes")]
+    pub op: Vec<u8>,
+    /// The client's signature over the tx id.
+    pub sig: Signature,
+}
+
+/// Bytes a tx occupies in a batch beyond its op (client, ts, sig, framing).
+pub const TX_OVERHEAD_BYTES: usize = 32 + 8 + 64 + 16;
+
+impl SignedTx {
+    /// Creates and signs a tx.
+    pub fn sign(cluster_id: &Digest, key: &KeyPair, ts: u64, op: Vec<u8>) -> SignedTx {
+        let client = key.public();
+        let id = tx_id(cluster_id, &client, ts, &op);
+        SignedTx {
+            client,
+            ts,
+            op,
+            sig: key.sign(&id),
+        }
+    }
+
+    /// `blake3(TX || cluster_id || client || ts || op)`: what the signature covers.
+    pub fn id(&self, cluster_id: &Digest) -> TxId {
+        tx_id(cluster_id, &self.client, self.ts, &self.op)
+    }
+
+    /// The tx's size as counted against `max_batch_bytes`.
+    pub fn batch_bytes(&self) -> usize {
+        self.op.len() + TX_OVERHEAD_BYTES
+    }
+}
+
+fn tx_id(cluster_id: &Digest, client: &ClientId, ts: u64, op: &[u8]) -> TxId {
+    Transcript::new(Domain::Tx, cluster_id)
+        .fixed32(&client.0)
+        .u64(ts)
+        .bytes(op)
+        .finish()
+}
+
+/// One log entry: a batch of txs, chained to its predecessor by hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term in which the entry was first proposed; never changes.
+    pub term: Term,
+    /// Its position in the log.
+    pub index: Index,
+    /// The hash of the entry at `index - 1` (the `cluster_id` for index 1).
+    pub prev_hash: Digest,
+    /// The batch.
+    pub txs: Vec<SignedTx>,
+}
+
+/// `blake3(ENTRY || cluster_id || term || index || prev_hash || merkle_root(tx_ids))`.
+pub fn entry_hash(
+    cluster_id: &Digest,
+    term: Term,
+    index: Index,
+    prev_hash: &Digest,
+    tx_ids: &[TxId],
+) -> Digest {
+    let root = merkle::root(cluster_id, tx_ids);
+    Transcript::new(Domain::Entry, cluster_id)
+        .u64(term.0)
+        .u64(index.0)
+        .fixed32(&prev_hash.0)
+        .fixed32(&root.0)
+        .finish()
+}
+
+/// The three phases an entry passes, each closed by a quorum of votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Votes that the entry is the one at `(term, index)`; a quorum is a prepared certificate.
+    PreAppend,
+    /// Votes that the entry is prepared; a quorum is a commit certificate.
+    Append,
+    /// Votes that the log up to the entry was executed to `state_digest`; a quorum is an
+    /// execution certificate.
+    Commit,
+}
+
+/// What a vote and a certificate are about; the signed part of a vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VoteSubject {
+    /// The phase.
+    pub phase: Phase,
+    /// The term of the vote (the entry's term or a later one when re-proposed).
+    pub term: Term,
+    /// The entry's index.
+    pub index: Index,
+    /// The entry's hash.
+    pub entry_hash: Digest,
+    /// The state digest after executing the entry; present exactly for `Commit`.
+    pub state_digest: Option<Digest>,
+}
+
+impl VoteSubject {
+    /// The digest each voter signs.
+    pub fn signing_digest(&self, cluster_id: &Digest) -> Digest {
+        Transcript::new(Domain::Vote, cluster_id)
+            .u64(self.phase as u64)
+            .u64(self.term.0)
+            .u64(self.index.0)
+            .fixed32(&self.entry_hash.0)
+            .opt32(self.state_digest.as_ref().map(|d| &d.0))
+            .finish()
+    }
+
+    /// True if `state_digest` is present exactly when the phase needs it.
+    pub fn well_formed(&self) -> bool {
+        self.state_digest.is_some() == (self.phase == Phase::Commit)
+    }
+}
+
+/// One replica's signed vote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// What is voted for.
+    pub subject: VoteSubject,
+    /// The voter.
+    pub replica: ReplicaId,
+    /// The voter's signature over `subject`.
+    pub sig: Signature,
+}
+
+impl Vote {
+    /// Creates and signs a vote.
+    pub fn sign(
+        cluster_id: &Digest,
+        key: &KeyPair,
+        replica: ReplicaId,
+        subject: VoteSubject,
+    ) -> Vote {
+        Vote {
+            sig: key.sign(&subject.signing_digest(cluster_id)),
+            subject,
+            replica,
+        }
+    }
+}
+
+/// A quorum of votes on one subject. Valid iff it holds at least `q` valid signatures of
+/// distinct members (checked by [`crate::verify::Verifier`]).
+///
+/// A PreAppend certificate is a *prepared certificate* (PC), an Append certificate a *commit
+/// certificate* (CC), a Commit certificate an *execution certificate* (EC).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// What the signers voted for.
+    pub subject: VoteSubject,
+    /// The signers and their signatures.
+    pub sigs: Vec<(ReplicaId, Signature)>,
+}
+
+/// A leader's proposal of an entry in its term.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreAppend {
+    /// The leader's term.
+    pub term: Term,
+    /// The proposed entry.
+    pub entry: Entry,
+    /// The leader's signature over `(term, index, entry hash)`.
+    pub leader_sig: Signature,
+}
+
+/// The digest a leader signs to propose the entry `entry_hash` at `index` in `term`.
+pub fn pre_append_digest(cluster_id: &Digest, term: Term, index: Index, entry_hash: &Digest) -> Digest {
+    Transcript::new(Domain::PreAppend, cluster_id)
+        .u64(term.0)
+        .u64(index.0)
+        .fixed32(&entry_hash.0)
+        .finish()
+}
+
+/// Messages between replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaMessage {
+    /// Leader to all: proposal.
+    PreAppend(PreAppend),
+    /// Any phase's vote, to the leader.
+    Vote(Vote),
+    /// Leader to all: the entry is prepared (carries the PC).
+    Append(Certificate),
+    /// Leader to all: the entry is committed (carries the CC).
+    Commit(Certificate),
+    /// Leader to all: the execution certificate (EC) for an index.
+    Executed(Certificate),
+    /// Follower to leader: a client tx that reached the follower.
+    Forward(SignedTx),
+    /// Ask a peer for committed entries `from..=to`.
+    FetchEntries {
+        /// First index wanted.
+        from: Index,
+        /// Last index wanted.
+        to: Index,
+    },
+    /// Committed entries, consecutive and hash-chained; `certificate` is the CC of the last one.
+    Entries {
+        /// The entries, in index order.
+        entries: Vec<Entry>,
+        /// The commit certificate of the last entry.
+        certificate: Certificate,
+    },
+}
+
+impl ReplicaMessage {
+    /// A short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReplicaMessage::PreAppend(_) => "pre-append",
+            ReplicaMessage::Vote(_) => "vote",
+            ReplicaMessage::Append(_) => "append",
+            ReplicaMessage::Commit(_) => "commit",
+            ReplicaMessage::Executed(_) => "executed",
+            ReplicaMessage::Forward(_) => "forward",
+            ReplicaMessage::FetchEntries { .. } => "fetch-entries",
+            ReplicaMessage::Entries { .. } => "entries",
+        }
+    }
+}
+
+/// Why a replica refused a tx. Final outcomes are trusted by a client on `f + 1` matching replies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Rejection {
+    /// `ts` is not above the client's last executed one (and is not that one, whose reply is
+    /// resent instead).
+    Stale {
+        /// The client's last executed `ts`.
+        last_executed: u64,
+    },
+    /// The op exceeds `max_op_bytes`.
+    TooLarge {
+        /// The op's size.
+        size: u32,
+        /// The limit.
+        limit: u32,
+    },
+    /// The state machine's admission rule refused the op.
+    Refused(String),
+    /// The leader's queue is full; not final, retry later.
+    Busy,
+}
+
+impl Rejection {
+    /// True if the refusal will not change on retry.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Rejection::Busy)
+    }
+}
+
+/// What happened to a tx.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Executed at `index` with the state machine's `result`.
+    Executed {
+        /// The entry that held the tx.
+        index: Index,
+        /// The state machine's result.
+        #[serde(with = "serde_bytes")]
+        result: Vec<u8>,
+    },
+    /// Refused before ordering.
+    Rejected(Rejection),
+}
+
+/// A replica's signed answer to a client.
+///
+/// Replicas sign one Merkle root per executed entry over all of its replies (one signature per
+/// entry instead of one per tx); each reply carries its inclusion proof. A refusal is a tree of
+/// one leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The client that sent the tx.
+    pub client: ClientId,
+    /// The tx's `ts`.
+    pub ts: u64,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The replying replica.
+    pub replica: ReplicaId,
+    /// Inclusion of this reply's leaf under the signed root.
+    pub proof: MerkleProof,
+    /// The replica's signature over the root.
+    pub sig: Signature,
+}
+
+/// The leaf that stands for one reply in a reply batch.
+pub fn reply_leaf(cluster_id: &Digest, client: &ClientId, ts: u64, outcome: &Outcome) -> Digest {
+    let t = Transcript::new(Domain::ReplyLeaf, cluster_id)
+        .fixed32(&client.0)
+        .u64(ts);
+    match outcome {
+        Outcome::Executed { index, result } => t.u64(0).u64(index.0).bytes(result).finish(),
+        Outcome::Rejected(r) => {
+            let encoded = crate::codec::encode(r).unwrap_or_default();
+            t.u64(1).bytes(&encoded).finish()
+        }
+    }
+}
+
+/// The digest a replica signs for a batch of replies with the given Merkle root.
+pub fn reply_batch_digest(cluster_id: &Digest, replica: ReplicaId, root: &Digest) -> Digest {
+    Transcript::new(Domain::ReplyBatch, cluster_id)
+        .u64(u64::from(replica.0))
+        .fixed32(&root.0)
+        .finish()
+}

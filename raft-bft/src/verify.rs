@@ -1,0 +1,566 @@
+//! The verifier: the only way to turn untrusted wire messages into [`Verified`] values.
+//!
+//! It checks everything that does not depend on a replica's state: signatures (batched), sizes,
+//! certificate validity, hash chains. The replica state machine consumes only `Verified` values
+//! and performs the checks that need its state. Keeping the two apart lets a runtime verify on
+//! many cores, off the event loop.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::crypto::{self, BatchVerifier, CoefficientRng, SignatureError};
+use crate::manifest::Cluster;
+use crate::merkle;
+use crate::message::{
+    entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, Entry, Phase,
+    PreAppend, Reply, ReplicaMessage, SignedTx, Vote, VoteSubject,
+};
+use crate::types::{Digest, Index, ReplicaId, Signature, Term, TxId};
+
+/// A value that passed verification. Only this crate's verifier (and the replica, for values it
+/// creates and signs itself) can build one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified<T>(T);
+
+impl<T> Verified<T> {
+    pub(crate) fn new_unchecked(value: T) -> Self {
+        Verified(value)
+    }
+
+    /// Unwraps the value.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// A client tx whose signature verified, with its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedTx {
+    /// The tx.
+    pub tx: SignedTx,
+    /// Its id (what the signature covers).
+    pub id: TxId,
+}
+
+/// An entry whose txs all verified, with its hash and tx ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedEntry {
+    /// The entry.
+    pub entry: Entry,
+    /// Its hash.
+    pub hash: Digest,
+    /// The ids of its txs, in order.
+    pub tx_ids: Vec<TxId>,
+}
+
+impl CheckedEntry {
+    /// Builds an entry from txs that were already verified (the leader's own proposals).
+    pub(crate) fn from_checked(
+        cluster_id: &Digest,
+        term: Term,
+        index: Index,
+        prev_hash: Digest,
+        txs: Vec<CheckedTx>,
+    ) -> Self {
+        let tx_ids: Vec<TxId> = txs.iter().map(|t| t.id).collect();
+        let hash = entry_hash(cluster_id, term, index, &prev_hash, &tx_ids);
+        CheckedEntry {
+            entry: Entry {
+                term,
+                index,
+                prev_hash,
+                txs: txs.into_iter().map(|t| t.tx).collect(),
+            },
+            hash,
+            tx_ids,
+        }
+    }
+}
+
+/// A replica message after verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifiedMessage {
+    /// A proposal whose leader signature and txs verified.
+    PreAppend {
+        /// The proposing term (the sender is its leader).
+        term: Term,
+        /// The entry.
+        entry: CheckedEntry,
+        /// The leader's signature (kept as equivocation evidence).
+        leader_sig: Signature,
+    },
+    /// A vote whose signature verified.
+    Vote(Vote),
+    /// A valid prepared certificate.
+    Append(Certificate),
+    /// A valid commit certificate.
+    Commit(Certificate),
+    /// A valid execution certificate.
+    Executed(Certificate),
+    /// A client tx forwarded by a follower.
+    Forward(CheckedTx),
+    /// A request for committed entries.
+    FetchEntries {
+        /// First index.
+        from: Index,
+        /// Last index.
+        to: Index,
+    },
+    /// Committed entries proved by the CC of the last one.
+    Entries {
+        /// The entries, consecutive, chained and verified.
+        entries: Vec<CheckedEntry>,
+        /// The CC of the last entry.
+        certificate: Certificate,
+    },
+}
+
+/// Why a message was refused. Each refusal is counted by the caller.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A signature or key was bad.
+    #[error("{what}: {source}")]
+    Signature {
+        /// What carried the signature.
+        what: &'static str,
+        /// The signature error.
+        source: SignatureError,
+    },
+    /// The named replica is not in the manifest.
+    #[error("replica {0} is not a member of the cluster")]
+    NonMember(ReplicaId),
+    /// The message came from a replica that cannot have produced it.
+    #[error("{what} from {from}, but only {expected} may send it")]
+    WrongSender {
+        /// What the message is.
+        what: &'static str,
+        /// Who sent it.
+        from: ReplicaId,
+        /// Who may.
+        expected: ReplicaId,
+    },
+    /// A certificate is not valid.
+    #[error("invalid certificate: {0}")]
+    Certificate(#[from] CertificateError),
+    /// Something exceeds a limit.
+    #[error("{what} of {size} exceeds the limit of {limit}")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The message is structurally wrong.
+    #[error("malformed {what}: {why}")]
+    Malformed {
+        /// What.
+        what: &'static str,
+        /// Why.
+        why: &'static str,
+    },
+    /// A tx in an entry failed verification.
+    #[error("tx {position} of entry {index}: {source}")]
+    EntryTx {
+        /// The entry's index.
+        index: Index,
+        /// The tx's position.
+        position: usize,
+        /// The signature error.
+        source: SignatureError,
+    },
+}
+
+/// Why a certificate is invalid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// A different phase was expected.
+    #[error("expected a {expected:?} certificate, got {got:?}")]
+    WrongPhase {
+        /// Expected phase.
+        expected: Phase,
+        /// Phase found.
+        got: Phase,
+    },
+    /// `state_digest` present on a non-Commit certificate or missing on a Commit one.
+    #[error("state digest present/absent against the phase")]
+    StateDigestMismatch,
+    /// One replica signed twice.
+    #[error("replica {0} signs twice")]
+    DuplicateSigner(ReplicaId),
+    /// A signer is not a member.
+    #[error("signer {0} is not a member")]
+    NonMember(ReplicaId),
+    /// Fewer signatures than the quorum.
+    #[error("{got} signatures, quorum is {quorum}")]
+    TooFewSignatures {
+        /// Signatures present.
+        got: usize,
+        /// Quorum.
+        quorum: usize,
+    },
+    /// A signature does not verify (so some field differs from what the signer signed).
+    #[error("signature of replica {0} does not verify")]
+    BadSignature(ReplicaId),
+}
+
+/// Verifies messages for one cluster.
+///
+/// Holds a CSPRNG for batch-verification coefficients; seed it from the OS (or the simulator's
+/// seed) so verification stays deterministic given inputs.
+pub struct Verifier {
+    cluster: Arc<Cluster>,
+    rng: CoefficientRng,
+}
+
+/// Most committed entries one `Entries` message may carry.
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 64;
+
+impl Verifier {
+    /// A verifier for `cluster`, with batch coefficients drawn from a CSPRNG seeded by `seed`.
+    pub fn new(cluster: Arc<Cluster>, seed: [u8; 32]) -> Self {
+        Verifier {
+            cluster,
+            rng: crypto::coefficient_rng(seed),
+        }
+    }
+
+    /// The cluster this verifier checks against.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Verifies one client tx.
+    pub fn verify_tx(&mut self, tx: SignedTx) -> Result<Verified<CheckedTx>, VerifyError> {
+        self.verify_txs(vec![tx])
+            .pop()
+            .expect("one result per input")
+    }
+
+    /// Verifies many client txs with one batch verification; one result per tx, in order.
+    pub fn verify_txs(&mut self, txs: Vec<SignedTx>) -> Vec<Result<Verified<CheckedTx>, VerifyError>> {
+        let cid = *self.cluster.cluster_id();
+        let limit = self.cluster.params().max_op_bytes;
+        let mut batch = BatchVerifier::with_capacity(txs.len());
+        let mut ids = Vec::with_capacity(txs.len());
+        for tx in &txs {
+            let id = tx.id(&cid);
+            batch.push(tx.client, id, tx.sig);
+            ids.push(id);
+        }
+        let verdicts = batch.verify(&mut self.rng);
+        txs.into_iter()
+            .zip(ids)
+            .zip(verdicts)
+            .map(|((tx, id), verdict)| {
+                if tx.op.len() > limit as usize {
+                    return Err(VerifyError::TooLarge {
+                        what: "op",
+                        size: tx.op.len() as u64,
+                        limit: u64::from(limit),
+                    });
+                }
+                verdict.map_err(|source| VerifyError::Signature { what: "tx", source })?;
+                Ok(Verified(CheckedTx { tx, id }))
+            })
+            .collect()
+    }
+
+    /// Verifies an entry: sizes, and every tx signature in one batch.
+    pub fn verify_entry(&mut self, entry: Entry) -> Result<CheckedEntry, VerifyError> {
+        let params = self.cluster.params();
+        if entry.txs.len() > params.max_batch_txs as usize {
+            return Err(VerifyError::TooLarge {
+                what: "batch tx count",
+                size: entry.txs.len() as u64,
+                limit: u64::from(params.max_batch_txs),
+            });
+        }
+        let bytes: u64 = entry.txs.iter().map(|t| t.batch_bytes() as u64).sum();
+        if bytes > params.max_batch_bytes {
+            return Err(VerifyError::TooLarge {
+                what: "batch bytes",
+                size: bytes,
+                limit: params.max_batch_bytes,
+            });
+        }
+        if entry.index == Index(0) {
+            return Err(VerifyError::Malformed {
+                what: "entry",
+                why: "index 0 is the genesis entry",
+            });
+        }
+        let cid = *self.cluster.cluster_id();
+        let limit = params.max_op_bytes as usize;
+        let mut batch = BatchVerifier::with_capacity(entry.txs.len());
+        let mut tx_ids = Vec::with_capacity(entry.txs.len());
+        let mut distinct = HashSet::with_capacity(entry.txs.len());
+        for (position, tx) in entry.txs.iter().enumerate() {
+            if tx.op.len() > limit {
+                return Err(VerifyError::TooLarge {
+                    what: "op",
+                    size: tx.op.len() as u64,
+                    limit: limit as u64,
+                });
+            }
+            let id = tx.id(&cid);
+            if !distinct.insert(id) {
+                return Err(VerifyError::Malformed {
+                    what: "entry",
+                    why: "the same tx appears twice",
+                });
+            }
+            batch.push(tx.client, id, tx.sig);
+            tx_ids.push(id);
+        }
+        for (position, verdict) in batch.verify(&mut self.rng).into_iter().enumerate() {
+            if let Err(source) = verdict {
+                return Err(VerifyError::EntryTx {
+                    index: entry.index,
+                    position,
+                    source,
+                });
+            }
+        }
+        let hash = entry_hash(&cid, entry.term, entry.index, &entry.prev_hash, &tx_ids);
+        Ok(CheckedEntry {
+            entry,
+            hash,
+            tx_ids,
+        })
+    }
+
+    /// Checks a certificate of the `expected` phase: at least `q` valid signatures of distinct
+    /// members on exactly its subject.
+    pub fn verify_certificate(
+        &mut self,
+        cert: &Certificate,
+        expected: Phase,
+    ) -> Result<(), CertificateError> {
+        check_certificate(&self.cluster, cert, expected, &mut self.rng)
+    }
+
+    /// Verifies a message from replica `from` (as authenticated by the transport).
+    pub fn verify_message(
+        &mut self,
+        from: ReplicaId,
+        msg: ReplicaMessage,
+    ) -> Result<Verified<VerifiedMessage>, VerifyError> {
+        if self.cluster.key_of(from).is_none() {
+            return Err(VerifyError::NonMember(from));
+        }
+        let verified = match msg {
+            ReplicaMessage::PreAppend(p) => self.verify_pre_append(from, p)?,
+            ReplicaMessage::Vote(v) => {
+                self.verify_vote(&v)?;
+                if v.replica != from {
+                    return Err(VerifyError::WrongSender {
+                        what: "vote",
+                        from,
+                        expected: v.replica,
+                    });
+                }
+                VerifiedMessage::Vote(v)
+            }
+            ReplicaMessage::Append(c) => {
+                self.verify_certificate(&c, Phase::PreAppend)?;
+                VerifiedMessage::Append(c)
+            }
+            ReplicaMessage::Commit(c) => {
+                self.verify_certificate(&c, Phase::Append)?;
+                VerifiedMessage::Commit(c)
+            }
+            ReplicaMessage::Executed(c) => {
+                self.verify_certificate(&c, Phase::Commit)?;
+                VerifiedMessage::Executed(c)
+            }
+            ReplicaMessage::Forward(tx) => {
+                VerifiedMessage::Forward(self.verify_tx(tx)?.into_inner())
+            }
+            ReplicaMessage::FetchEntries { from: lo, to: hi } => {
+                if lo.0 == 0 || hi < lo {
+                    return Err(VerifyError::Malformed {
+                        what: "fetch request",
+                        why: "empty or genesis range",
+                    });
+                }
+                VerifiedMessage::FetchEntries { from: lo, to: hi }
+            }
+            ReplicaMessage::Entries {
+                entries,
+                certificate,
+            } => self.verify_entries(entries, certificate)?,
+        };
+        Ok(Verified(verified))
+    }
+
+    fn verify_pre_append(
+        &mut self,
+        from: ReplicaId,
+        p: PreAppend,
+    ) -> Result<VerifiedMessage, VerifyError> {
+        let leader = self.cluster.leader_of(p.term);
+        if from != leader {
+            return Err(VerifyError::WrongSender {
+                what: "pre-append",
+                from,
+                expected: leader,
+            });
+        }
+        if p.entry.term > p.term {
+            return Err(VerifyError::Malformed {
+                what: "pre-append",
+                why: "entry term above the proposing term",
+            });
+        }
+        let key = *self.cluster.key_of(leader).ok_or(VerifyError::NonMember(leader))?;
+        let (term, leader_sig) = (p.term, p.leader_sig);
+        let entry = self.verify_entry(p.entry)?;
+        let digest = pre_append_digest(self.cluster.cluster_id(), term, entry.entry.index, &entry.hash);
+        crypto::verify(&key, &digest, &leader_sig).map_err(|source| VerifyError::Signature {
+            what: "leader signature",
+            source,
+        })?;
+        Ok(VerifiedMessage::PreAppend {
+            term,
+            entry,
+            leader_sig,
+        })
+    }
+
+    fn verify_vote(&mut self, v: &Vote) -> Result<(), VerifyError> {
+        if !v.subject.well_formed() {
+            return Err(VerifyError::Malformed {
+                what: "vote",
+                why: "state digest present/absent against the phase",
+            });
+        }
+        let key = self
+            .cluster
+            .key_of(v.replica)
+            .ok_or(VerifyError::NonMember(v.replica))?;
+        let digest = v.subject.signing_digest(self.cluster.cluster_id());
+        crypto::verify(key, &digest, &v.sig).map_err(|source| VerifyError::Signature {
+            what: "vote",
+            source,
+        })
+    }
+
+    fn verify_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        certificate: Certificate,
+    ) -> Result<VerifiedMessage, VerifyError> {
+        if entries.is_empty() || entries.len() > MAX_ENTRIES_PER_MESSAGE {
+            return Err(VerifyError::TooLarge {
+                what: "entries per message",
+                size: entries.len() as u64,
+                limit: MAX_ENTRIES_PER_MESSAGE as u64,
+            });
+        }
+        self.verify_certificate(&certificate, Phase::Append)?;
+        let mut checked = Vec::with_capacity(entries.len());
+        for e in entries {
+            let e = self.verify_entry(e)?;
+            if let Some(prev) = checked.last() {
+                let prev: &CheckedEntry = prev;
+                if e.entry.index != prev.entry.index.next() || e.entry.prev_hash != prev.hash {
+                    return Err(VerifyError::Malformed {
+                        what: "entries",
+                        why: "not consecutive and hash-chained",
+                    });
+                }
+            }
+            checked.push(e);
+        }
+        let last = checked.last().expect("non-empty");
+        if last.entry.index != certificate.subject.index || last.hash != certificate.subject.entry_hash {
+            return Err(VerifyError::Malformed {
+                what: "entries",
+                why: "the certificate does not prove the last entry",
+            });
+        }
+        Ok(VerifiedMessage::Entries {
+            entries: checked,
+            certificate,
+        })
+    }
+
+    /// Verifies a reply (for clients): the replica is a member, its proof leads from the reply's
+    /// leaf to the signed root, and the signature verifies.
+    pub fn verify_reply(&self, reply: &Reply) -> Result<(), VerifyError> {
+        let key = self
+            .cluster
+            .key_of(reply.replica)
+            .ok_or(VerifyError::NonMember(reply.replica))?;
+        let cid = self.cluster.cluster_id();
+        let leaf = reply_leaf(cid, &reply.client, reply.ts, &reply.outcome);
+        let root = merkle::root_from_proof(cid, &leaf, &reply.proof).ok_or(VerifyError::Malformed {
+            what: "reply",
+            why: "inclusion proof does not fit its tree",
+        })?;
+        crypto::verify(key, &reply_batch_digest(cid, reply.replica, &root), &reply.sig).map_err(
+            |source| VerifyError::Signature {
+                what: "reply",
+                source,
+            },
+        )
+    }
+}
+
+/// Certificate validity, shared by every path that checks one.
+pub(crate) fn check_certificate<R: rand_core::CryptoRng>(
+    cluster: &Cluster,
+    cert: &Certificate,
+    expected: Phase,
+    rng: &mut R,
+) -> Result<(), CertificateError> {
+    let subject: &VoteSubject = &cert.subject;
+    if subject.phase != expected {
+        return Err(CertificateError::WrongPhase {
+            expected,
+            got: subject.phase,
+        });
+    }
+    if !subject.well_formed() {
+        return Err(CertificateError::StateDigestMismatch);
+    }
+    // Bounded work: a certificate never needs more than n signatures; more means duplicates or
+    // non-members, both refused below before any signature is checked.
+    let mut seen = HashSet::with_capacity(cert.sigs.len().min(cluster.n()));
+    let mut keys = Vec::with_capacity(cert.sigs.len().min(cluster.n()));
+    for (replica, _) in &cert.sigs {
+        let key = cluster
+            .key_of(*replica)
+            .ok_or(CertificateError::NonMember(*replica))?;
+        if !seen.insert(*replica) {
+            return Err(CertificateError::DuplicateSigner(*replica));
+        }
+        keys.push(*key);
+    }
+    if cert.sigs.len() < cluster.quorum() {
+        return Err(CertificateError::TooFewSignatures {
+            got: cert.sigs.len(),
+            quorum: cluster.quorum(),
+        });
+    }
+    let digest = subject.signing_digest(cluster.cluster_id());
+    let mut batch = BatchVerifier::with_capacity(keys.len());
+    for (key, (_, sig)) in keys.iter().zip(&cert.sigs) {
+        batch.push(*key, digest, *sig);
+    }
+    for (verdict, (replica, _)) in batch.verify(rng).into_iter().zip(&cert.sigs) {
+        if verdict.is_err() {
+            return Err(CertificateError::BadSignature(*replica));
+        }
+    }
+    Ok(())
+}
