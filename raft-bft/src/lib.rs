@@ -1,6 +1,7 @@
 //! # raft-bft
 //!
 //! A replicated log that keeps working when up to `f` of `3f + 1` replicas are Byzantine.
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod crypto;
@@ -9,3 +10,6 @@ pub mod merkle;
 pub mod message;
 pub mod types;
 pub mod verify;
+pub mod persist;
+pub mod replica;
+pub mod state_machine;

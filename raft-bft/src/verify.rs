@@ -23,10 +23,6 @@ use crate::types::{Digest, Index, ReplicaId, Signature, Term, TxId};
 pub struct Verified<T>(T);
 
 impl<T> Verified<T> {
-    pub(crate) fn new_unchecked(value: T) -> Self {
-        Verified(value)
-    }
-
     /// Unwraps the value.
     pub fn into_inner(self) -> T {
         self.0
@@ -303,7 +299,7 @@ impl Verifier {
         let mut batch = BatchVerifier::with_capacity(entry.txs.len());
         let mut tx_ids = Vec::with_capacity(entry.txs.len());
         let mut distinct = HashSet::with_capacity(entry.txs.len());
-        for (position, tx) in entry.txs.iter().enumerate() {
+        for tx in &entry.txs {
             if tx.op.len() > limit {
                 return Err(VerifyError::TooLarge {
                     what: "op",

@@ -1,0 +1,176 @@
+//! Execution of committed entries: exactly-once per `(client, ts)`, the per-client reply table,
+//! the running state digest, and batched signed replies.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::crypto::{Domain, KeyPair, Transcript};
+use crate::merkle::MerkleTree;
+use crate::message::{reply_batch_digest, reply_leaf, Outcome, Reply};
+use crate::state_machine::StateMachine;
+use crate::types::{ClientId, Digest, Index, ReplicaId};
+use crate::verify::CheckedEntry;
+
+/// The replicated per-client record: the last executed `ts` and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClientRecord {
+    pub(crate) last_ts: u64,
+    pub(crate) outcome: Outcome,
+}
+
+/// How many past state digests are kept to check late execution certificates.
+const DIGEST_HISTORY: usize = 1024;
+
+pub(crate) struct Execution<S> {
+    pub(crate) app: S,
+    applied: Index,
+    digest: Digest,
+    clients: HashMap<ClientId, ClientRecord>,
+    history: BTreeMap<Index, Digest>,
+}
+
+/// The result of executing one entry.
+pub(crate) struct Executed {
+    pub(crate) digest: Digest,
+    pub(crate) replies: Vec<Reply>,
+    pub(crate) executed_txs: usize,
+    pub(crate) skipped_txs: usize,
+}
+
+impl<S: StateMachine> Execution<S> {
+    pub(crate) fn new(app: S, cluster_id: &Digest) -> Self {
+        Execution {
+            app,
+            applied: Index(0),
+            digest: *cluster_id,
+            clients: HashMap::new(),
+            history: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn applied(&self) -> Index {
+        self.applied
+    }
+
+    pub(crate) fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub(crate) fn digest_at(&self, index: Index) -> Option<Digest> {
+        if index == self.applied {
+            return Some(self.digest);
+        }
+        self.history.get(&index).copied()
+    }
+
+    pub(crate) fn client(&self, client: &ClientId) -> Option<&ClientRecord> {
+        self.clients.get(client)
+    }
+
+    pub(crate) fn last_executed_ts(&self, client: &ClientId) -> u64 {
+        self.clients.get(client).map_or(0, |r| r.last_ts)
+    }
+
+    /// Executes the next committed entry. A tx whose `ts` is not above its client's last executed
+    /// one is skipped (it was executed already, or is stale): this is what makes execution
+    /// exactly-once even if a faulty leader orders a tx twice.
+    ///
+    /// `signer` signs the entry's replies (None while replaying the log on restart: no replies
+    /// are sent then).
+    pub(crate) fn execute(
+        &mut self,
+        cluster_id: &Digest,
+        entry: &CheckedEntry,
+        signer: Option<(&KeyPair, ReplicaId)>,
+    ) -> Executed {
+        debug_assert_eq!(entry.entry.index, self.applied.next());
+        let index = entry.entry.index;
+        let mut leaves = Vec::with_capacity(entry.entry.txs.len());
+        let mut answered = Vec::with_capacity(entry.entry.txs.len());
+        let mut skipped_txs = 0;
+        for tx in &entry.entry.txs {
+            let last = self.last_executed_ts(&tx.client);
+            if tx.ts <= last {
+                skipped_txs += 1;
+                continue;
+            }
+            let result = self.app.apply(&tx.client, &tx.op);
+            let outcome = Outcome::Executed { index, result };
+            leaves.push(reply_leaf(cluster_id, &tx.client, tx.ts, &outcome));
+            answered.push((tx.client, tx.ts, outcome.clone()));
+            self.clients.insert(
+                tx.client,
+                ClientRecord {
+                    last_ts: tx.ts,
+                    outcome,
+                },
+            );
+        }
+        let tree = MerkleTree::new(cluster_id, &leaves);
+        let results_root = tree.root(cluster_id);
+        self.digest = Transcript::new(Domain::StateDigest, cluster_id)
+            .fixed32(&self.digest.0)
+            .u64(index.0)
+            .fixed32(&entry.hash.0)
+            .fixed32(&results_root.0)
+            .fixed32(&self.app.digest().0)
+            .finish();
+        self.applied = index;
+        self.history.insert(index, self.digest);
+        while self.history.len() > DIGEST_HISTORY {
+            self.history.pop_first();
+        }
+        let executed_txs = answered.len();
+        let replies = match signer {
+            Some((key, replica)) if !answered.is_empty() => {
+                let sig = key.sign(&reply_batch_digest(cluster_id, replica, &results_root));
+                answered
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, (client, ts, outcome))| {
+                        Some(Reply {
+                            client,
+                            ts,
+                            outcome,
+                            replica,
+                            proof: tree.proof(i)?,
+                            sig,
+                        })
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        Executed {
+            digest: self.digest,
+            replies,
+            executed_txs,
+            skipped_txs,
+        }
+    }
+}
+
+/// Signs a reply that stands alone (a refusal, or a cached reply sent again).
+pub(crate) fn single_reply(
+    cluster_id: &Digest,
+    key: &KeyPair,
+    replica: ReplicaId,
+    client: ClientId,
+    ts: u64,
+    outcome: Outcome,
+) -> Reply {
+    let leaf = reply_leaf(cluster_id, &client, ts, &outcome);
+    let tree = MerkleTree::new(cluster_id, &[leaf]);
+    let root = tree.root(cluster_id);
+    Reply {
+        client,
+        ts,
+        outcome,
+        replica,
+        proof: tree.proof(0).unwrap_or(crate::merkle::MerkleProof {
+            position: 0,
+            leaf_count: 1,
+            siblings: Vec::new(),
+        }),
+        sig: key.sign(&reply_batch_digest(cluster_id, replica, &root)),
+    }
+}

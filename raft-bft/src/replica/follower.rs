@@ -1,0 +1,381 @@
+//! Every replica's side of the three phases (the leader runs it too, for its own proposals):
+//! PreAppend, Append and Commit checks, buffering of out-of-order messages, and catch-up by
+//! fetching committed entries.
+
+use std::collections::BTreeMap;
+
+use super::{Replica, Target};
+use crate::manifest::Cluster;
+use crate::message::{Certificate, Phase, ReplicaMessage, VoteSubject};
+use crate::persist::PersistOp;
+use crate::state_machine::StateMachine;
+use crate::types::{Index, ReplicaId, Signature, Term, Time};
+use crate::verify::{CheckedEntry, MAX_ENTRIES_PER_MESSAGE};
+
+/// Out-of-order input kept until the log catches up, and the fetch in progress.
+#[derive(Debug, Default)]
+pub(crate) struct FollowerState {
+    /// PreAppends above the tip + 1, by index.
+    early_proposals: BTreeMap<Index, (Term, CheckedEntry, Signature)>,
+    /// Certificates for entries above the tip, by (index, phase).
+    early_certificates: BTreeMap<(Index, Phase), Certificate>,
+    /// When the outstanding fetch was sent, and to whom.
+    fetch: Option<(Time, ReplicaId)>,
+}
+
+impl FollowerState {
+    pub(crate) fn next_deadline(&self, cluster: &Cluster) -> Option<Time> {
+        self.fetch
+            .map(|(at, _)| at.after(cluster.params().heartbeat_interval))
+    }
+
+    /// How far ahead of the tip out-of-order messages are kept.
+    fn window(cluster: &Cluster) -> u64 {
+        2 * u64::from(cluster.params().pipeline_depth)
+    }
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Handles a proposal. Returns true if the entry is (now) in the log with this replica's
+    /// PreAppend vote.
+    pub(super) fn on_pre_append(
+        &mut self,
+        term: Term,
+        entry: CheckedEntry,
+        leader_sig: Signature,
+    ) -> bool {
+        if term != self.term {
+            self.refuse("pre-append for another term");
+            return false;
+        }
+        if entry.entry.term != term {
+            self.refuse("pre-append of an entry from another term");
+            return false;
+        }
+        let index = entry.entry.index;
+        let subject = VoteSubject {
+            phase: Phase::PreAppend,
+            term,
+            index,
+            entry_hash: entry.hash,
+            state_digest: None,
+        };
+        if index <= self.log.tip() {
+            if self.log.hash_at(index) != Some(entry.hash) {
+                self.refuse("pre-append conflicts with the entry held at its index");
+                return false;
+            }
+            // A retransmission: answer again (voting is idempotent for the same subject).
+            return self.vote(subject);
+        }
+        if index > self.log.tip().next() {
+            if index.0 <= self.log.tip().0 + FollowerState::window(&self.cluster) {
+                self.follower
+                    .early_proposals
+                    .insert(index, (term, entry, leader_sig));
+            } else {
+                self.refuse("pre-append too far ahead of the log");
+            }
+            return false;
+        }
+        if entry.entry.prev_hash != self.log.tip_hash() {
+            self.refuse("pre-append does not chain to the log's tip");
+            return false;
+        }
+        if !self.txs_fresh(&entry) {
+            self.refuse("pre-append holds a stale or repeated tx");
+            return false;
+        }
+        self.persist(PersistOp::Entry(entry.entry.clone()));
+        self.log.push(entry);
+        if !self.vote(subject) {
+            return false;
+        }
+        self.after_log_grew();
+        true
+    }
+
+    /// Every tx's `ts` is above its client's last executed and pending ones, and increases
+    /// within the entry.
+    fn txs_fresh(&self, entry: &CheckedEntry) -> bool {
+        let mut seen: BTreeMap<_, u64> = BTreeMap::new();
+        entry.entry.txs.iter().all(|tx| {
+            let floor = seen.get(&tx.client).copied().unwrap_or_else(|| {
+                self.exec
+                    .last_executed_ts(&tx.client)
+                    .max(self.log.highest_ts(&tx.client))
+            });
+            seen.insert(tx.client, tx.ts);
+            tx.ts > floor
+        })
+    }
+
+    /// After entries were appended: apply buffered proposals and certificates that now fit.
+    fn after_log_grew(&mut self) {
+        let tip = self.log.tip();
+        // Certificates for entries that just arrived.
+        let ready: Vec<_> = self
+            .follower
+            .early_certificates
+            .range(..=(tip, Phase::Commit))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in ready {
+            if let Some(cert) = self.follower.early_certificates.remove(&key) {
+                let id = self.id;
+                match key.1 {
+                    Phase::PreAppend => self.on_prepared(id, cert),
+                    Phase::Append => self.on_committed(id, cert),
+                    Phase::Commit => {}
+                }
+            }
+        }
+        self.follower.early_proposals = self.follower.early_proposals.split_off(&tip.next());
+        if let Some((term, entry, sig)) = self.follower.early_proposals.remove(&tip.next()) {
+            self.on_pre_append(term, entry, sig);
+        }
+    }
+
+    /// Handles a prepared certificate (an Append message).
+    pub(super) fn on_prepared(&mut self, from: ReplicaId, pc: Certificate) {
+        let s = pc.subject;
+        if s.term != self.term {
+            self.refuse("prepared certificate of another term");
+            return;
+        }
+        if s.index <= self.log.commit_index() {
+            return; // committed already
+        }
+        if s.index > self.log.tip() {
+            self.keep_early_certificate(pc);
+            self.request_fetch(from);
+            return;
+        }
+        let Some(slot) = self.log.get_mut(s.index) else { return };
+        if slot.entry.hash != s.entry_hash {
+            self.refuse("prepared certificate for another entry than the one held");
+            return;
+        }
+        if slot.prepared.as_ref().is_none_or(|old| old.subject.term < s.term) {
+            slot.prepared = Some(pc.clone());
+            self.persist(PersistOp::Certificate(pc));
+        }
+        self.vote_appends(Some(s.index));
+    }
+
+    /// Casts Append votes, in index order, for prepared entries whose lower entries are all
+    /// prepared or committed. `resend` also answers again for that index if already voted.
+    fn vote_appends(&mut self, resend: Option<Index>) {
+        let mut index = self.log.commit_index().next();
+        while index <= self.log.tip() {
+            let Some(slot) = self.log.get(index) else { break };
+            let Some(pc) = slot.prepared.as_ref().filter(|pc| pc.subject.term == self.term) else {
+                break;
+            };
+            let subject = VoteSubject {
+                phase: Phase::Append,
+                ..pc.subject
+            };
+            debug_assert!(self.log.prefix_prepared(index, self.term));
+            let voted = self.votes.contains_key(&(Phase::Append, self.term, index));
+            if !voted || resend == Some(index) {
+                self.vote(subject);
+            }
+            index = index.next();
+        }
+    }
+
+    /// Handles a commit certificate (a Commit message, or the leader's own).
+    pub(super) fn on_committed(&mut self, from: ReplicaId, cc: Certificate) {
+        let s = cc.subject;
+        if s.index > self.log.tip() {
+            self.keep_early_certificate(cc);
+            self.request_fetch(from);
+            return;
+        }
+        match self.log.hash_at(s.index) {
+            Some(h) if h == s.entry_hash => {}
+            _ if s.index <= self.log.commit_index() => {
+                self.refuse("commit certificate conflicts with a committed entry");
+                return;
+            }
+            _ => {
+                // The entry held here was never committed (the CC proves another one): drop it
+                // and everything after it, then fetch the committed one.
+                self.refuse("commit certificate for another entry; replacing the suffix");
+                self.persist(PersistOp::TruncateFrom(s.index));
+                self.log.truncate_from(s.index);
+                self.keep_early_certificate(cc);
+                self.request_fetch(from);
+                return;
+            }
+        }
+        if s.index <= self.log.commit_index() {
+            // Already committed: the leader retransmits because it lacks our Commit vote.
+            if let Some(vote) = self.votes.get(&(Phase::Commit, self.term, s.index)).copied() {
+                self.vote(vote);
+            }
+            return;
+        }
+        self.persist(PersistOp::Certificate(cc.clone()));
+        self.log.set_committed(cc);
+        self.execute_committed();
+        self.vote_appends(None);
+    }
+
+    fn keep_early_certificate(&mut self, cert: Certificate) {
+        let s = cert.subject;
+        let limit = self.log.tip().0 + FollowerState::window(&self.cluster);
+        if s.index.0 > limit && s.phase != Phase::Append {
+            self.refuse("certificate too far ahead of the log");
+            return;
+        }
+        // A CC far ahead is still worth one slot: it tells how far to fetch.
+        if s.index.0 > limit {
+            let far: Vec<_> = self
+                .follower
+                .early_certificates
+                .range((Index(limit + 1), Phase::PreAppend)..)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in far {
+                self.follower.early_certificates.remove(&k);
+            }
+        }
+        self.follower
+            .early_certificates
+            .insert((s.index, s.phase), cert);
+    }
+
+    /// Asks `peer` (or the leader) for the committed entries this replica lacks.
+    fn request_fetch(&mut self, peer: ReplicaId) {
+        let peer = if peer == self.id {
+            self.cluster.leader_of(self.term)
+        } else {
+            peer
+        };
+        if peer == self.id {
+            return;
+        }
+        let interval = self.cluster.params().heartbeat_interval;
+        if let Some((at, _)) = self.follower.fetch {
+            if self.now < at.after(interval) {
+                return;
+            }
+        }
+        let Some(target) = self
+            .follower
+            .early_certificates
+            .keys()
+            .filter(|(_, phase)| *phase == Phase::Append)
+            .map(|(i, _)| *i)
+            .next_back()
+        else {
+            return;
+        };
+        let from = self.log.commit_index().next();
+        if target < from {
+            return;
+        }
+        self.follower.fetch = Some((self.now, peer));
+        self.metrics.fetches_sent += 1;
+        self.send(
+            Target::Replica(peer),
+            ReplicaMessage::FetchEntries { from, to: target },
+        );
+    }
+
+    /// Re-sends a fetch that got no answer.
+    pub(super) fn follower_tick(&mut self) {
+        if let Some((at, peer)) = self.follower.fetch {
+            if self.now >= at.after(self.cluster.params().heartbeat_interval) {
+                self.follower.fetch = None;
+                // Try another peer each time: the one asked may be down or lying.
+                let n = self.cluster.n() as u32;
+                let next = ReplicaId((peer.0 + 1) % n);
+                let next = if next == self.id { ReplicaId((next.0 + 1) % n) } else { next };
+                self.request_fetch(next);
+            }
+        }
+    }
+
+    /// Serves committed entries `from..=to` (as many as fit in one message), proved by the CC of
+    /// the last one sent.
+    pub(super) fn serve_fetch(&mut self, peer: ReplicaId, from: Index, to: Index) {
+        if peer == self.id || from > self.log.commit_index() {
+            return;
+        }
+        let max = self.cluster.params().max_message_bytes / 2;
+        let mut last = to
+            .min(self.log.commit_index())
+            .min(Index(from.0 + MAX_ENTRIES_PER_MESSAGE as u64 - 1));
+        let mut bytes = 0u64;
+        for i in from.0..=last.0 {
+            let size: u64 = self.log.get(Index(i)).map_or(0, |s| {
+                s.entry.entry.txs.iter().map(|t| t.batch_bytes() as u64).sum()
+            });
+            if bytes + size > max && i > from.0 {
+                last = Index(i - 1);
+                break;
+            }
+            bytes += size;
+        }
+        let Some(proved) = self.log.last_certified_at_or_below(last).filter(|i| *i >= from) else {
+            return;
+        };
+        let Some(certificate) = self.log.get(proved).and_then(|s| s.committed.clone()) else {
+            return;
+        };
+        let entries = (from.0..=proved.0)
+            .filter_map(|i| self.log.get(Index(i)).map(|s| s.entry.entry.clone()))
+            .collect();
+        self.send(
+            Target::Replica(peer),
+            ReplicaMessage::Entries {
+                entries,
+                certificate,
+            },
+        );
+    }
+
+    /// Accepts committed entries fetched from a peer (the verifier checked the chain and the CC).
+    pub(super) fn on_entries(
+        &mut self,
+        from: ReplicaId,
+        entries: Vec<CheckedEntry>,
+        certificate: Certificate,
+    ) {
+        for entry in entries {
+            let index = entry.entry.index;
+            if index <= self.log.tip() {
+                if self.log.hash_at(index) == Some(entry.hash) {
+                    continue;
+                }
+                if index <= self.log.commit_index() {
+                    self.refuse("fetched entry conflicts with a committed entry");
+                    return;
+                }
+                self.persist(PersistOp::TruncateFrom(index));
+                self.log.truncate_from(index);
+            }
+            if index != self.log.tip().next() || entry.entry.prev_hash != self.log.tip_hash() {
+                self.refuse("fetched entries do not extend the log");
+                return;
+            }
+            self.persist(PersistOp::Entry(entry.entry.clone()));
+            self.log.push(entry);
+        }
+        self.follower.fetch = None;
+        self.on_committed(from, certificate);
+        self.after_log_grew();
+        // More to fetch?
+        let behind = self
+            .follower
+            .early_certificates
+            .keys()
+            .any(|(i, phase)| *phase == Phase::Append && *i > self.log.tip());
+        if behind {
+            self.request_fetch(from);
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The leader's side: admission, batching, pipelining, vote collection, certificates and
+//! retransmission.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use super::log::Log;
+use super::{Replica, Target};
+use crate::manifest::Cluster;
+use crate::message::{
+    pre_append_digest, Certificate, Phase, PreAppend, Rejection, ReplicaMessage, Vote,
+};
+use crate::state_machine::StateMachine;
+use crate::types::{ClientId, Digest, Index, ReplicaId, Signature, Time};
+use crate::verify::{CheckedEntry, CheckedTx};
+
+/// An entry the leader proposed and is still driving.
+#[derive(Debug)]
+struct Inflight {
+    hash: Digest,
+    proposal: PreAppend,
+    /// The phase whose votes are being collected (Commit once the entry is committed).
+    phase: Phase,
+    votes: BTreeMap<ReplicaId, Signature>,
+    /// The newest certificate formed for it (PC, then CC).
+    certificate: Option<Certificate>,
+    /// Replicas that sent a Commit vote (they executed it).
+    executed_by: BTreeSet<ReplicaId>,
+    last_sent: Time,
+}
+
+#[derive(Debug)]
+pub(crate) struct LeaderState {
+    queue: VecDeque<(Time, CheckedTx)>,
+    queued_bytes: usize,
+    queued_ts: HashMap<ClientId, u64>,
+    inflight: BTreeMap<Index, Inflight>,
+    /// Commit votes by index and state digest.
+    exec_tally: BTreeMap<Index, HashMap<Digest, BTreeMap<ReplicaId, Signature>>>,
+    last_ec: Index,
+}
+
+impl LeaderState {
+    pub(crate) fn new(log: &Log) -> Self {
+        LeaderState {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            queued_ts: HashMap::new(),
+            inflight: BTreeMap::new(),
+            exec_tally: BTreeMap::new(),
+            last_ec: log.commit_index(),
+        }
+    }
+
+    /// Entries proposed and not yet committed.
+    fn pipeline_len(&self) -> usize {
+        self.inflight
+            .values()
+            .filter(|f| f.phase != Phase::Commit)
+            .count()
+    }
+
+    pub(crate) fn next_deadline(&self, cluster: &Cluster) -> Option<Time> {
+        let params = cluster.params();
+        let batch = match self.queue.front() {
+            Some((arrived, _)) if self.pipeline_len() < params.pipeline_depth as usize => {
+                Some(arrived.after(params.max_batch_delay))
+            }
+            _ => None,
+        };
+        let retransmit = self
+            .inflight
+            .values()
+            .map(|f| f.last_sent.after(params.heartbeat_interval))
+            .min();
+        match (batch, retransmit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Admission of a client tx (`direct`: from the client itself; else forwarded by a replica).
+    pub(super) fn client_tx(&mut self, tx: CheckedTx, direct: bool) {
+        let client = tx.tx.client;
+        let last = self.exec.last_executed_ts(&client);
+        if tx.tx.ts == last {
+            // Already executed: resend the reply (PROTOCOL.md 3.7).
+            if direct {
+                if let Some(record) = self.exec.client(&client) {
+                    let outcome = record.outcome.clone();
+                    self.reply_to_client(client, tx.tx.ts, outcome);
+                }
+            }
+            return;
+        }
+        if tx.tx.ts < last {
+            self.refuse_tx(&tx, Rejection::Stale { last_executed: last }, direct);
+            return;
+        }
+        if let Err(reason) = self.exec.app.admit(&client, &tx.tx.op) {
+            self.refuse_tx(&tx, Rejection::Refused(reason), direct);
+            return;
+        }
+        let Some(leader) = self.leader.as_mut() else {
+            if direct {
+                let to = self.cluster.leader_of(self.term);
+                self.send(Target::Replica(to), ReplicaMessage::Forward(tx.tx));
+            }
+            return;
+        };
+        let pending = self
+            .log
+            .highest_ts(&client)
+            .max(leader.queued_ts.get(&client).copied().unwrap_or(0));
+        if tx.tx.ts <= pending {
+            // Already ordered or queued (a retransmission, or an older tx overtaken by a newer
+            // one from the same client): nothing to do, its reply will come with execution.
+            return;
+        }
+        if leader.queue.len() >= self.cluster.params().max_pending_txs as usize {
+            self.refuse_tx(&tx, Rejection::Busy, direct);
+            return;
+        }
+        leader.queued_ts.insert(client, tx.tx.ts);
+        leader.queued_bytes += tx.tx.batch_bytes();
+        leader.queue.push_back((self.now, tx));
+    }
+
+    /// Closes and proposes batches while the pipeline has room.
+    pub(super) fn maybe_propose(&mut self) {
+        let params = self.cluster.params().clone();
+        loop {
+            let Some(leader) = self.leader.as_mut() else { return };
+            if self.diverged.is_some() || leader.pipeline_len() >= params.pipeline_depth as usize {
+                return;
+            }
+            let Some((oldest, _)) = leader.queue.front() else { return };
+            let full = leader.queue.len() >= params.max_batch_txs as usize
+                || leader.queued_bytes as u64 >= params.max_batch_bytes;
+            let expired = self.now >= oldest.after(params.max_batch_delay);
+            let idle = leader.pipeline_len() == 0;
+            if !(full || expired || idle) {
+                return;
+            }
+            let mut txs = Vec::new();
+            let mut bytes = 0u64;
+            while let Some((_, tx)) = leader.queue.front() {
+                let size = tx.tx.batch_bytes() as u64;
+                if txs.len() >= params.max_batch_txs as usize
+                    || (!txs.is_empty() && bytes + size > params.max_batch_bytes)
+                {
+                    break;
+                }
+                let Some((_, tx)) = leader.queue.pop_front() else { break };
+                bytes += size;
+                leader.queued_bytes -= tx.tx.batch_bytes();
+                if leader.queued_ts.get(&tx.tx.client) == Some(&tx.tx.ts) {
+                    leader.queued_ts.remove(&tx.tx.client);
+                }
+                txs.push(tx);
+            }
+            self.propose(txs);
+        }
+    }
+
+    fn propose(&mut self, txs: Vec<CheckedTx>) {
+        let index = self.log.tip().next();
+        let entry = CheckedEntry::from_checked(
+            &self.cluster_id,
+            self.term,
+            index,
+            self.log.tip_hash(),
+            txs,
+        );
+        let hash = entry.hash;
+        let leader_sig = self
+            .key
+            .sign(&pre_append_digest(&self.cluster_id, self.term, index, &hash));
+        let proposal = PreAppend {
+            term: self.term,
+            entry: entry.entry.clone(),
+            leader_sig,
+        };
+        // The leader accepts its own proposal through the follower path: same checks, and the
+        // entry and its vote are persisted before the proposal leaves.
+        if !self.on_pre_append(self.term, entry, leader_sig) {
+            tracing::error!(replica = %self.id, %index, "leader refused its own proposal");
+            return;
+        }
+        self.metrics.proposed_entries += 1;
+        self.send(Target::AllOthers, ReplicaMessage::PreAppend(proposal.clone()));
+        if let Some(leader) = self.leader.as_mut() {
+            leader.inflight.insert(
+                index,
+                Inflight {
+                    hash,
+                    proposal,
+                    phase: Phase::PreAppend,
+                    votes: BTreeMap::new(),
+                    certificate: None,
+                    executed_by: BTreeSet::new(),
+                    last_sent: self.now,
+                },
+            );
+        }
+    }
+
+    /// A vote arrived (from a follower, or from this replica itself once durable).
+    pub(super) fn on_vote(&mut self, vote: Vote) {
+        let quorum = self.cluster.quorum();
+        let Some(leader) = self.leader.as_mut() else {
+            self.refuse("vote sent to a replica that does not lead");
+            return;
+        };
+        let s = vote.subject;
+        if s.term != self.term {
+            self.refuse("vote for another term");
+            return;
+        }
+        if s.phase == Phase::Commit {
+            self.on_commit_vote(vote);
+            return;
+        }
+        let Some(flight) = leader.inflight.get_mut(&s.index) else {
+            return; // late vote for an entry already certified
+        };
+        if flight.hash != s.entry_hash {
+            self.refuse("vote for an entry the leader did not propose");
+            return;
+        }
+        if flight.phase != s.phase {
+            return; // late vote of a finished phase
+        }
+        flight.votes.insert(vote.replica, vote.sig);
+        if flight.votes.len() < quorum {
+            return;
+        }
+        let cert = Certificate {
+            subject: s,
+            sigs: std::mem::take(&mut flight.votes).into_iter().collect(),
+        };
+        flight.certificate = Some(cert.clone());
+        flight.phase = match s.phase {
+            Phase::PreAppend => Phase::Append,
+            _ => Phase::Commit,
+        };
+        flight.last_sent = self.now;
+        self.metrics.certificates_formed += 1;
+        let id = self.id;
+        match s.phase {
+            Phase::PreAppend => {
+                self.send(Target::AllOthers, ReplicaMessage::Append(cert.clone()));
+                self.on_prepared(id, cert);
+            }
+            _ => {
+                self.send(Target::AllOthers, ReplicaMessage::Commit(cert.clone()));
+                self.on_committed(id, cert);
+            }
+        }
+    }
+
+    fn on_commit_vote(&mut self, vote: Vote) {
+        let quorum = self.cluster.quorum();
+        let commit_index = self.log.commit_index();
+        let Some(leader) = self.leader.as_mut() else { return };
+        let s = vote.subject;
+        let (Some(digest), true) = (s.state_digest, s.index > leader.last_ec) else {
+            return;
+        };
+        if s.index > commit_index || self.log.hash_at(s.index) != Some(s.entry_hash) {
+            self.refuse("commit vote for an entry not committed here");
+            return;
+        }
+        if let Some(flight) = leader.inflight.get_mut(&s.index) {
+            flight.executed_by.insert(vote.replica);
+        }
+        let voters = leader
+            .exec_tally
+            .entry(s.index)
+            .or_default()
+            .entry(digest)
+            .or_default();
+        voters.insert(vote.replica, vote.sig);
+        if voters.len() < quorum {
+            return;
+        }
+        let ec = Certificate {
+            subject: s,
+            sigs: voters.iter().map(|(r, sig)| (*r, *sig)).collect(),
+        };
+        leader.last_ec = s.index;
+        leader.exec_tally = leader.exec_tally.split_off(&s.index.next());
+        leader.inflight = leader.inflight.split_off(&s.index.next());
+        self.metrics.certificates_formed += 1;
+        self.send(Target::AllOthers, ReplicaMessage::Executed(ec.clone()));
+        self.note_execution_certificate(ec);
+        self.check_execution_certificate();
+    }
+
+    /// Retransmits each phase's message to the replicas that have not answered it.
+    pub(super) fn leader_tick(&mut self) {
+        let interval = self.cluster.params().heartbeat_interval;
+        let n = self.cluster.n() as u32;
+        let me = self.id;
+        let now = self.now;
+        let Some(leader) = self.leader.as_mut() else { return };
+        let mut resend = Vec::new();
+        for flight in leader.inflight.values_mut() {
+            if now < flight.last_sent.after(interval) {
+                continue;
+            }
+            flight.last_sent = now;
+            let answered: BTreeSet<ReplicaId> = match flight.phase {
+                Phase::Commit => flight.executed_by.clone(),
+                _ => flight.votes.keys().copied().collect(),
+            };
+            let message = match (&flight.phase, &flight.certificate) {
+                (Phase::PreAppend, _) => ReplicaMessage::PreAppend(flight.proposal.clone()),
+                (Phase::Append, Some(pc)) => ReplicaMessage::Append(pc.clone()),
+                (Phase::Commit, Some(cc)) => ReplicaMessage::Commit(cc.clone()),
+                _ => continue,
+            };
+            for r in (0..n).map(ReplicaId) {
+                if r != me && !answered.contains(&r) {
+                    resend.push((r, message.clone()));
+                }
+            }
+        }
+        self.metrics.retransmissions += resend.len() as u64;
+        for (to, message) in resend {
+            self.send(Target::Replica(to), message);
+        }
+        self.maybe_propose();
+    }
+}

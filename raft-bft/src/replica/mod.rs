@@ -1,0 +1,507 @@
+//! The replica state machine, sans-IO.
+//!
+//! Inputs come in through `on_message`, `on_client_tx`, `on_tick` and `on_persisted`, each with
+//! the current time; the work to do comes out of [`Replica::ready`]: state to persist, messages
+//! and replies to send, and when to tick next. Messages that depend on state not yet durable are
+//! held back until the caller confirms persistence, so a caller cannot break persist-before-speak
+//! by sending what it is given.
+//!
+//! This covers the normal case: one term, its leader batching and pipelining entries through
+//! PreAppend, Append and Commit, execution, replies and execution certificates.
+
+mod execution;
+mod follower;
+mod leader;
+mod log;
+mod outbox;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use outbox::{OutMessage, Ready, Target};
+
+use crate::crypto::KeyPair;
+use crate::manifest::Cluster;
+use crate::message::{Certificate, Entry, Outcome, Phase, Rejection, ReplicaMessage, Vote, VoteSubject};
+use crate::persist::{DurableState, PersistOp};
+use crate::state_machine::StateMachine;
+use crate::types::{Digest, Index, ReplicaId, Term, Time};
+use crate::verify::{CheckedEntry, CheckedTx, Verified, VerifiedMessage};
+
+use execution::Execution;
+use leader::LeaderState;
+use log::Log;
+use outbox::{Out, Outbox};
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The key does not belong to the replica id in the manifest.
+    #[error("the key given for replica {id} is not its key in the manifest")]
+    WrongKey {
+        /// The replica id.
+        id: ReplicaId,
+    },
+    /// The id is not in the manifest.
+    #[error("replica {0} is not in the manifest")]
+    NotAMember(ReplicaId),
+    /// The durable log is not a hash chain from genesis.
+    #[error("durable log is inconsistent at index {index}: {why}")]
+    InconsistentLog {
+        /// Where.
+        index: Index,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+/// Counters of what a replica did and refused. Refusals are keyed by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Entries this replica proposed as leader.
+    pub proposed_entries: u64,
+    /// Entries executed.
+    pub executed_entries: u64,
+    /// Txs executed.
+    pub executed_txs: u64,
+    /// Txs skipped at execution because their `(client, ts)` was not new.
+    pub skipped_txs: u64,
+    /// Votes sent.
+    pub votes_sent: u64,
+    /// Certificates formed as leader.
+    pub certificates_formed: u64,
+    /// Messages retransmitted by the leader.
+    pub retransmissions: u64,
+    /// Fetch requests sent.
+    pub fetches_sent: u64,
+    /// Inputs refused by the protocol logic, by reason.
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+/// A replica's view of whether its state matches the cluster's execution certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// The index whose execution certificate disagrees.
+    pub index: Index,
+    /// The digest the certificate proves.
+    pub certified: Digest,
+    /// The digest this replica computed.
+    pub local: Digest,
+}
+
+/// One replica.
+pub struct Replica<S> {
+    cluster: Arc<Cluster>,
+    cluster_id: Digest,
+    id: ReplicaId,
+    key: KeyPair,
+    now: Time,
+    term: Term,
+    log: Log,
+    exec: Execution<S>,
+    /// Votes cast, by `(phase, term, index)`: never vote otherwise for the same key.
+    votes: BTreeMap<(Phase, Term, Index), VoteSubject>,
+    leader: Option<LeaderState>,
+    follower: follower::FollowerState,
+    /// The newest execution certificate seen.
+    latest_ec: Option<Certificate>,
+    diverged: Option<Divergence>,
+    outbox: Outbox,
+    metrics: Metrics,
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Starts (or restarts) replica `id` from what it made durable, with a fresh application
+    /// state: the committed log is re-executed (without sending replies) to rebuild it.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        id: ReplicaId,
+        key: KeyPair,
+        app: S,
+        durable: DurableState,
+        now: Time,
+    ) -> Result<Self, ReplicaError> {
+        let expected = cluster.key_of(id).ok_or(ReplicaError::NotAMember(id))?;
+        if *expected != key.public() {
+            return Err(ReplicaError::WrongKey { id });
+        }
+        let cluster_id = *cluster.cluster_id();
+        let mut replica = Replica {
+            cluster_id,
+            id,
+            key,
+            now,
+            term: Term(0),
+            log: Log::new(cluster_id),
+            exec: Execution::new(app, &cluster_id),
+            votes: durable.votes,
+            leader: None,
+            follower: follower::FollowerState::default(),
+            latest_ec: None,
+            diverged: None,
+            outbox: Outbox::new(),
+            metrics: Metrics::default(),
+            cluster,
+        };
+        replica.recover(durable.entries, durable.certificates)?;
+        if replica.cluster.leader_of(replica.term) == id {
+            replica.leader = Some(LeaderState::new(&replica.log));
+        }
+        Ok(replica)
+    }
+
+    fn recover(
+        &mut self,
+        entries: BTreeMap<Index, Entry>,
+        certificates: BTreeMap<(Phase, Index), Certificate>,
+    ) -> Result<(), ReplicaError> {
+        for (index, entry) in entries {
+            if index != self.log.tip().next() || entry.index != index {
+                return Err(ReplicaError::InconsistentLog {
+                    index,
+                    why: "entries are not contiguous from 1",
+                });
+            }
+            if entry.prev_hash != self.log.tip_hash() {
+                return Err(ReplicaError::InconsistentLog {
+                    index,
+                    why: "prev_hash does not match the entry below",
+                });
+            }
+            let tx_ids = entry.txs.iter().map(|t| t.id(&self.cluster_id)).collect::<Vec<_>>();
+            let hash = crate::message::entry_hash(
+                &self.cluster_id,
+                entry.term,
+                entry.index,
+                &entry.prev_hash,
+                &tx_ids,
+            );
+            self.log.push(CheckedEntry {
+                entry,
+                hash,
+                tx_ids,
+            });
+        }
+        for ((phase, index), cert) in certificates {
+            let matches = self.log.hash_at(index) == Some(cert.subject.entry_hash);
+            match phase {
+                Phase::PreAppend if matches => {
+                    if let Some(slot) = self.log.get_mut(index) {
+                        slot.prepared = Some(cert);
+                    }
+                }
+                Phase::Append if matches => self.log.set_committed(cert),
+                Phase::Commit => self.note_execution_certificate(cert),
+                _ => {}
+            }
+        }
+        // Replay the committed prefix: deterministic, so it rebuilds the same state and the
+        // same client table. Replies were sent before the crash (or clients will retry).
+        while self.exec.applied() < self.log.commit_index() {
+            let next = self.exec.applied().next();
+            let Some(slot) = self.log.get(next) else { break };
+            let done = self.exec.execute(&self.cluster_id, &slot.entry, None);
+            self.metrics.executed_entries += 1;
+            self.metrics.executed_txs += done.executed_txs as u64;
+        }
+        self.check_execution_certificate();
+        Ok(())
+    }
+
+    // ----- inputs -----
+
+    /// Handles a verified message from replica `from`.
+    pub fn on_message(&mut self, now: Time, from: ReplicaId, msg: Verified<VerifiedMessage>) {
+        self.now = self.now.max(now);
+        self.dispatch(from, msg.into_inner());
+        self.after_input();
+    }
+
+    /// Handles a verified tx that a client sent to this replica.
+    pub fn on_client_tx(&mut self, now: Time, tx: Verified<CheckedTx>) {
+        self.now = self.now.max(now);
+        self.client_tx(tx.into_inner(), true);
+        self.after_input();
+    }
+
+    /// Advances time: closes batches whose delay expired, retransmits.
+    pub fn on_tick(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        self.leader_tick();
+        self.follower_tick();
+        self.after_input();
+    }
+
+    /// Confirms that the persist batch `batch_id` (and all before it) is durable; releases the
+    /// messages that waited for it.
+    pub fn on_persisted(&mut self, now: Time, batch_id: u64) {
+        self.now = self.now.max(now);
+        self.outbox.confirm(batch_id);
+        self.after_input();
+    }
+
+    /// Takes the work produced so far.
+    pub fn ready(&mut self) -> Ready {
+        let next = self.next_tick();
+        self.outbox.take_ready(next)
+    }
+
+    fn after_input(&mut self) {
+        // Messages to ourselves (the leader's own votes) are handled once released.
+        while let Some(vote) = self.outbox.next_loopback() {
+            self.on_vote(vote);
+        }
+        self.maybe_propose();
+    }
+
+    fn dispatch(&mut self, from: ReplicaId, msg: VerifiedMessage) {
+        match msg {
+            VerifiedMessage::PreAppend {
+                term,
+                entry,
+                leader_sig,
+            } => {
+                self.on_pre_append(term, entry, leader_sig);
+            }
+            VerifiedMessage::Vote(v) => self.on_vote(v),
+            VerifiedMessage::Append(pc) => self.on_prepared(from, pc),
+            VerifiedMessage::Commit(cc) => self.on_committed(from, cc),
+            VerifiedMessage::Executed(ec) => {
+                self.note_execution_certificate(ec);
+                self.check_execution_certificate();
+            }
+            VerifiedMessage::Forward(tx) => self.client_tx(tx, false),
+            VerifiedMessage::FetchEntries { from: lo, to: hi } => self.serve_fetch(from, lo, hi),
+            VerifiedMessage::Entries {
+                entries,
+                certificate,
+            } => self.on_entries(from, entries, certificate),
+        }
+    }
+
+    // ----- shared helpers -----
+
+    fn refuse(&mut self, reason: &'static str) {
+        *self.metrics.refused.entry(reason).or_insert(0) += 1;
+        tracing::debug!(replica = %self.id, reason, "refused input");
+    }
+
+    fn send(&mut self, to: Target, message: ReplicaMessage) {
+        match message {
+            // The leader's own votes: handled locally once durable.
+            ReplicaMessage::Vote(vote) if to == Target::Replica(self.id) => {
+                self.outbox.push(Out::Loopback(vote));
+            }
+            _ if to == Target::Replica(self.id) => {
+                debug_assert!(false, "replica sends itself a {}", message.kind());
+            }
+            _ => self.outbox.push(Out::Message(OutMessage { to, message })),
+        }
+    }
+
+    fn persist(&mut self, op: PersistOp) {
+        self.outbox.persist(op);
+    }
+
+    /// Casts a vote unless this replica already voted differently at `(phase, term, index)`.
+    /// Persists the vote, and sends it to the leader once durable. Returns false if refused.
+    fn vote(&mut self, subject: VoteSubject) -> bool {
+        let key = (subject.phase, subject.term, subject.index);
+        match self.votes.get(&key) {
+            Some(prev) if *prev != subject => {
+                self.refuse("would vote twice for one (phase, term, index)");
+                return false;
+            }
+            Some(_) => {}
+            None => {
+                self.votes.insert(key, subject);
+                self.persist(PersistOp::Vote(subject));
+            }
+        }
+        let vote = Vote::sign(&self.cluster_id, &self.key, self.id, subject);
+        self.metrics.votes_sent += 1;
+        let leader = self.cluster.leader_of(self.term);
+        self.send(Target::Replica(leader), ReplicaMessage::Vote(vote));
+        true
+    }
+
+    fn reply_to_client(&mut self, client: crate::types::ClientId, ts: u64, outcome: Outcome) {
+        let reply = execution::single_reply(&self.cluster_id, &self.key, self.id, client, ts, outcome);
+        self.outbox.push(Out::Reply(reply));
+    }
+
+    /// Applies committed entries in order, sending replies and Commit votes.
+    fn execute_committed(&mut self) {
+        while self.diverged.is_none() && self.exec.applied() < self.log.commit_index() {
+            let index = self.exec.applied().next();
+            let Some(slot) = self.log.get(index) else { break };
+            let hash = slot.entry.hash;
+            let done = self
+                .exec
+                .execute(&self.cluster_id, &slot.entry, Some((&self.key, self.id)));
+            self.metrics.executed_entries += 1;
+            self.metrics.executed_txs += done.executed_txs as u64;
+            self.metrics.skipped_txs += done.skipped_txs as u64;
+            for reply in done.replies {
+                self.outbox.push(Out::Reply(reply));
+            }
+            self.vote(VoteSubject {
+                phase: Phase::Commit,
+                term: self.term,
+                index,
+                entry_hash: hash,
+                state_digest: Some(done.digest),
+            });
+            self.check_execution_certificate();
+        }
+    }
+
+    fn note_execution_certificate(&mut self, ec: Certificate) {
+        if self
+            .latest_ec
+            .as_ref()
+            .is_none_or(|old| old.subject.index < ec.subject.index)
+        {
+            self.latest_ec = Some(ec);
+        }
+    }
+
+    /// Compares this replica's digest with the newest execution certificate it can check.
+    fn check_execution_certificate(&mut self) {
+        let Some(ec) = &self.latest_ec else { return };
+        let index = ec.subject.index;
+        let Some(certified) = ec.subject.state_digest else { return };
+        if index > self.exec.applied() || self.diverged.is_some() {
+            return;
+        }
+        let certified_hash_matches = self.log.hash_at(index) == Some(ec.subject.entry_hash);
+        match self.exec.digest_at(index) {
+            Some(local) if local != certified || !certified_hash_matches => {
+                tracing::error!(
+                    replica = %self.id, %index, %certified, %local,
+                    "state diverged from the execution certificate; execution stopped"
+                );
+                self.diverged = Some(Divergence {
+                    index,
+                    certified,
+                    local,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn next_tick(&self) -> Option<Time> {
+        let leader = self.leader.as_ref().and_then(|l| l.next_deadline(&self.cluster));
+        let follower = self.follower.next_deadline(&self.cluster);
+        match (leader, follower) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- inspection -----
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The leader of the current term.
+    pub fn leader(&self) -> ReplicaId {
+        self.cluster.leader_of(self.term)
+    }
+
+    /// True if this replica leads the current term.
+    pub fn is_leader(&self) -> bool {
+        self.leader.is_some()
+    }
+
+    /// The highest committed index this replica knows.
+    pub fn commit_index(&self) -> Index {
+        self.log.commit_index()
+    }
+
+    /// The highest index in the log.
+    pub fn last_index(&self) -> Index {
+        self.log.tip()
+    }
+
+    /// The highest executed index.
+    pub fn applied_index(&self) -> Index {
+        self.exec.applied()
+    }
+
+    /// The state digest after the last executed entry.
+    pub fn state_digest(&self) -> Digest {
+        self.exec.digest()
+    }
+
+    /// The state digest after executing `index`, if still remembered.
+    pub fn state_digest_at(&self, index: Index) -> Option<Digest> {
+        self.exec.digest_at(index)
+    }
+
+    /// The committed entries, in order.
+    pub fn committed_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.log.committed_entries().map(|e| &e.entry)
+    }
+
+    /// The hash of the entry at `index`, if present.
+    pub fn entry_hash(&self, index: Index) -> Option<Digest> {
+        self.log.hash_at(index)
+    }
+
+    /// The application.
+    pub fn app(&self) -> &S {
+        &self.exec.app
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Set once this replica's state disagrees with an execution certificate.
+    pub fn divergence(&self) -> Option<&Divergence> {
+        self.diverged.as_ref()
+    }
+
+    /// The newest execution certificate this replica holds.
+    pub fn latest_execution_certificate(&self) -> Option<&Certificate> {
+        self.latest_ec.as_ref()
+    }
+
+    /// Number of entries held in memory.
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Number of outgoing messages waiting for persistence.
+    pub fn held_messages(&self) -> usize {
+        self.outbox.held_len()
+    }
+
+    /// True if persistence work is outstanding.
+    pub fn persistence_outstanding(&self) -> bool {
+        self.outbox.persistence_outstanding()
+    }
+
+    /// Client txs refused at admission are answered with a signed refusal.
+    fn refuse_tx(&mut self, tx: &CheckedTx, rejection: Rejection, reply: bool) {
+        self.refuse(match &rejection {
+            Rejection::Stale { .. } => "stale tx",
+            Rejection::TooLarge { .. } => "oversized tx",
+            Rejection::Refused(_) => "tx refused by the state machine",
+            Rejection::Busy => "leader queue full",
+        });
+        if reply {
+            self.reply_to_client(tx.tx.client, tx.tx.ts, Outcome::Rejected(rejection));
+        }
+    }
+}

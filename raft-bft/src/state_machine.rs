@@ -1,0 +1,46 @@
+//! The application interface: what a replicated log replicates into.
+
+use crate::types::{ClientId, Digest};
+
+/// A deterministic application driven by the committed log.
+///
+/// Every correct replica applies the same ops in the same order and must reach the same results
+/// and the same [`StateMachine::digest`]. Anything nondeterministic (clocks, randomness, hash-map
+/// iteration order, floating point differences) makes replicas diverge, which the protocol
+/// detects and reports.
+///
+/// ```
+/// use raft_bft::state_machine::StateMachine;
+/// use raft_bft::types::{ClientId, Digest};
+///
+/// /// Counts ops; the result is the count after the op.
+/// #[derive(Default)]
+/// struct Counter(u64);
+///
+/// impl StateMachine for Counter {
+///     fn apply(&mut self, _client: &ClientId, _op: &[u8]) -> Vec<u8> {
+///         self.0 += 1;
+///         self.0.to_le_bytes().to_vec()
+///     }
+///     fn digest(&self) -> Digest {
+///         Digest(*blake3::hash(&self.0.to_le_bytes()).as_bytes())
+///     }
+/// }
+/// ```
+pub trait StateMachine {
+    /// A cheap, state-independent check run when a tx arrives (before it is ordered): for example
+    /// that `op` decodes. A refusal is sent to the client with this reason and nothing is
+    /// ordered. Must be deterministic: every correct replica must give the same verdict.
+    fn admit(&self, client: &ClientId, op: &[u8]) -> Result<(), String> {
+        let _ = (client, op);
+        Ok(())
+    }
+
+    /// Applies one committed op from `client` and returns its result. A refused op (an
+    /// overdraft, say) returns a result that says so and leaves the state unchanged.
+    fn apply(&mut self, client: &ClientId, op: &[u8]) -> Vec<u8>;
+
+    /// A digest of the whole state. Called once per executed entry, so it must be cheap
+    /// (maintain it incrementally).
+    fn digest(&self) -> Digest;
+}
