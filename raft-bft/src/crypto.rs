@@ -29,8 +29,6 @@ pub enum Domain {
     Tx,
     /// An entry hash.
     Entry,
-    /// A Merkle leaf holding a tx id.
-    MerkleLeaf,
     /// An inner Merkle node.
     MerkleNode,
     /// A leader's signature on a PreAppend.
@@ -51,7 +49,6 @@ impl Domain {
             Domain::Manifest => b"raft-bft/v1/manifest",
             Domain::Tx => b"raft-bft/v1/tx",
             Domain::Entry => b"raft-bft/v1/entry",
-            Domain::MerkleLeaf => b"raft-bft/v1/merkle-leaf",
             Domain::MerkleNode => b"raft-bft/v1/merkle-node",
             Domain::PreAppend => b"raft-bft/v1/pre-append",
             Domain::Vote => b"raft-bft/v1/vote",
@@ -62,19 +59,67 @@ impl Domain {
     }
 }
 
-/// Builds `blake3(domain_tag || cluster_id || fields)` with unambiguous field framing:
-/// fixed-size fields are written as they are, variable-size ones with a length prefix.
-pub struct Transcript(blake3::Hasher);
+/// Builds a domain-separated hash of `domain_tag || cluster_id || fields` with unambiguous
+/// field framing: fixed-size fields are written as they are, variable-size ones with a length
+/// prefix.
+///
+/// The tag and cluster id select a blake3 *key* (`blake3::derive_key` of the tag, keyed again
+/// with the cluster id), and the fields are hashed in keyed mode: this is blake3's own domain
+/// separation, and it keeps the 70-byte prefix out of every hashed message (a Merkle node then
+/// fits in one compression). Fields are gathered in a small buffer and hashed once: a
+/// `blake3::Hasher` is about 2 KB, too large to carry through a builder on the hot path.
+pub struct Transcript {
+    key: [u8; 32],
+    buf: Vec<u8>,
+}
+
+const DOMAINS: [Domain; 9] = [
+    Domain::Manifest,
+    Domain::Tx,
+    Domain::Entry,
+    Domain::MerkleNode,
+    Domain::PreAppend,
+    Domain::Vote,
+    Domain::ReplyLeaf,
+    Domain::ReplyBatch,
+    Domain::StateDigest,
+];
+
+fn domain_key(domain: Domain, cluster_id: &Digest) -> [u8; 32] {
+    let context = std::str::from_utf8(domain.tag()).unwrap_or("raft-bft/v1/invalid");
+    let tag_key = blake3::derive_key(context, b"raft-bft domain");
+    *blake3::keyed_hash(&tag_key, &cluster_id.0).as_bytes()
+}
+
+thread_local! {
+    /// Keys of the last cluster seen by this thread: deriving them costs two hashes.
+    static KEYS: std::cell::RefCell<Option<(Digest, [[u8; 32]; DOMAINS.len()])>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn cached_key(domain: Domain, cluster_id: &Digest) -> [u8; 32] {
+    let slot = DOMAINS.iter().position(|d| *d == domain).unwrap_or(0);
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        match &*keys {
+            Some((cid, table)) if cid == cluster_id => table[slot],
+            _ => {
+                let table = DOMAINS.map(|d| domain_key(d, cluster_id));
+                let key = table[slot];
+                *keys = Some((*cluster_id, table));
+                key
+            }
+        }
+    })
+}
 
 impl Transcript {
     /// Starts a transcript for `domain` in the cluster `cluster_id`.
     pub fn new(domain: Domain, cluster_id: &Digest) -> Self {
-        let mut h = blake3::Hasher::new();
-        let tag = domain.tag();
-        h.update(&(tag.len() as u64).to_le_bytes());
-        h.update(tag);
-        h.update(&cluster_id.0);
-        Transcript(h)
+        Transcript {
+            key: cached_key(domain, cluster_id),
+            buf: Vec::with_capacity(128),
+        }
     }
 
     /// Starts a transcript with no cluster (only for the manifest itself).
@@ -84,32 +129,30 @@ impl Transcript {
 
     /// Appends a `u64` (little-endian).
     pub fn u64(mut self, v: u64) -> Self {
-        self.0.update(&v.to_le_bytes());
+        self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
     /// Appends a 32-byte value.
     pub fn fixed32(mut self, v: &[u8; 32]) -> Self {
-        self.0.update(v);
+        self.buf.extend_from_slice(v);
         self
     }
 
     /// Appends a variable-length byte string, prefixed by its length.
     pub fn bytes(mut self, v: &[u8]) -> Self {
-        self.0.update(&(v.len() as u64).to_le_bytes());
-        self.0.update(v);
+        self.buf.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        self.buf.extend_from_slice(v);
         self
     }
 
     /// Appends an optional 32-byte value (a presence byte, then the value).
     pub fn opt32(mut self, v: Option<&[u8; 32]>) -> Self {
         match v {
-            None => {
-                self.0.update(&[0]);
-            }
+            None => self.buf.push(0),
             Some(v) => {
-                self.0.update(&[1]);
-                self.0.update(v);
+                self.buf.push(1);
+                self.buf.extend_from_slice(v);
             }
         }
         self
@@ -117,7 +160,34 @@ impl Transcript {
 
     /// The digest of everything appended.
     pub fn finish(self) -> Digest {
-        Digest(*self.0.finalize().as_bytes())
+        Digest(*blake3::keyed_hash(&self.key, &self.buf).as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod transcript_tests {
+    use super::*;
+
+    #[test]
+    fn domains_and_clusters_separate() {
+        let a = Digest([1; 32]);
+        let b = Digest([2; 32]);
+        let h = |d, c: &Digest| Transcript::new(d, c).u64(7).finish();
+        assert_ne!(h(Domain::Tx, &a), h(Domain::Entry, &a));
+        assert_ne!(h(Domain::Tx, &a), h(Domain::Tx, &b));
+        // Alternating clusters on one thread must not reuse the other's keys.
+        assert_eq!(h(Domain::Tx, &a), h(Domain::Tx, &a));
+        let keys: std::collections::HashSet<_> =
+            DOMAINS.iter().map(|d| domain_key(*d, &a)).collect();
+        assert_eq!(keys.len(), DOMAINS.len());
+    }
+
+    #[test]
+    fn framing_is_unambiguous() {
+        let c = Digest([1; 32]);
+        let x = Transcript::new(Domain::Tx, &c).bytes(b"ab").bytes(b"c").finish();
+        let y = Transcript::new(Domain::Tx, &c).bytes(b"a").bytes(b"bc").finish();
+        assert_ne!(x, y);
     }
 }
 

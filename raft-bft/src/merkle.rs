@@ -1,18 +1,16 @@
-//! Merkle trees over 32-byte leaves, with domain-separated leaf and node hashing.
+//! Merkle trees over 32-byte leaves.
 //!
 //! Used for the root of an entry's tx ids and for batched replies (one signature per entry binds
 //! every client's reply through its inclusion proof).
+//!
+//! Leaves must themselves be domain-separated digests (tx ids, reply leaves): they are used as
+//! they are, and inner nodes are hashed under their own domain, so no inner node can pass for a
+//! leaf or the other way round without a hash collision across domains.
 
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Domain, Transcript};
 use crate::types::Digest;
-
-fn leaf_hash(cluster_id: &Digest, leaf: &Digest) -> Digest {
-    Transcript::new(Domain::MerkleLeaf, cluster_id)
-        .fixed32(&leaf.0)
-        .finish()
-}
 
 fn node_hash(cluster_id: &Digest, left: &Digest, right: &Digest) -> Digest {
     Transcript::new(Domain::MerkleNode, cluster_id)
@@ -27,7 +25,7 @@ pub fn root(cluster_id: &Digest, leaves: &[Digest]) -> Digest {
     if leaves.is_empty() {
         return node_hash(cluster_id, &Digest::ZERO, &Digest::ZERO);
     }
-    let mut level: Vec<Digest> = leaves.iter().map(|l| leaf_hash(cluster_id, l)).collect();
+    let mut level: Vec<Digest> = leaves.to_vec();
     while level.len() > 1 {
         level = level
             .chunks(2)
@@ -60,10 +58,7 @@ pub struct MerkleTree {
 impl MerkleTree {
     /// Builds the tree over `leaves` (at least one).
     pub fn new(cluster_id: &Digest, leaves: &[Digest]) -> Self {
-        let mut levels = vec![leaves
-            .iter()
-            .map(|l| leaf_hash(cluster_id, l))
-            .collect::<Vec<_>>()];
+        let mut levels = vec![leaves.to_vec()];
         while levels.last().is_some_and(|l| l.len() > 1) {
             let below = levels.last().expect("non-empty");
             let above = below
@@ -117,7 +112,7 @@ pub fn root_from_proof(cluster_id: &Digest, leaf: &Digest, proof: &MerkleProof) 
     if pos >= count {
         return None;
     }
-    let mut hash = leaf_hash(cluster_id, leaf);
+    let mut hash = *leaf;
     let mut siblings = proof.siblings.iter();
     while count > 1 {
         let sib = pos ^ 1;

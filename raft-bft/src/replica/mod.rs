@@ -14,6 +14,8 @@ mod follower;
 mod leader;
 mod log;
 mod outbox;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

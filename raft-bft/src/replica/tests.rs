@@ -1,0 +1,482 @@
+//! Unit tests of each message handler, driving replicas by hand.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::Params;
+use crate::crypto::KeyPair;
+use crate::manifest::{Manifest, ReplicaInfo};
+use crate::message::{pre_append_digest, PreAppend, Reply, SignedTx};
+use crate::persist::PersistBatch;
+use crate::types::ClientId;
+use crate::verify::Verifier;
+
+/// Appends each op to a list; the result is the list's length after the op.
+#[derive(Default)]
+struct Recorder(Vec<Vec<u8>>);
+
+impl StateMachine for Recorder {
+    fn admit(&self, _client: &ClientId, op: &[u8]) -> Result<(), String> {
+        if op == b"forbidden" {
+            return Err("forbidden op".into());
+        }
+        Ok(())
+    }
+    fn apply(&mut self, _client: &ClientId, op: &[u8]) -> Vec<u8> {
+        self.0.push(op.to_vec());
+        (self.0.len() as u64).to_le_bytes().to_vec()
+    }
+    fn digest(&self) -> Digest {
+        Digest(*blake3::hash(&(self.0.len() as u64).to_le_bytes()).as_bytes())
+    }
+}
+
+struct Fixture {
+    cluster: Arc<Cluster>,
+    keys: Vec<KeyPair>,
+    verifier: Verifier,
+}
+
+impl Fixture {
+    fn new(n: usize) -> Self {
+        let keys: Vec<KeyPair> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
+        let params = Params {
+            max_batch_delay: std::time::Duration::from_millis(2),
+            ..Params::default()
+        };
+        let manifest = Manifest {
+            name: "replica-tests".into(),
+            replicas: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ReplicaInfo {
+                    id: ReplicaId(i as u32),
+                    public_key: k.public(),
+                    address: String::new(),
+                })
+                .collect(),
+            admin_keys: vec![],
+            params,
+        };
+        let cluster = Arc::new(Cluster::new(manifest).unwrap());
+        let verifier = Verifier::new(cluster.clone(), [7; 32]);
+        Fixture {
+            cluster,
+            keys,
+            verifier,
+        }
+    }
+
+    fn cid(&self) -> Digest {
+        *self.cluster.cluster_id()
+    }
+
+    fn replica(&self, id: u32, durable: DurableState) -> Replica<Recorder> {
+        Replica::new(
+            self.cluster.clone(),
+            ReplicaId(id),
+            self.keys[id as usize].clone(),
+            Recorder::default(),
+            durable,
+            Time(0),
+        )
+        .unwrap()
+    }
+
+    fn signed(&self, client: u8, ts: u64, op: &[u8]) -> SignedTx {
+        let key = KeyPair::from_seed([100 + client; 32]);
+        SignedTx::sign(&self.cid(), &key, ts, op.to_vec())
+    }
+
+    fn tx(&mut self, client: u8, ts: u64, op: &[u8]) -> Verified<CheckedTx> {
+        let tx = self.signed(client, ts, op);
+        self.verifier.verify_tx(tx).unwrap()
+    }
+
+    /// Passes a message through the codec and the verifier, as the network would.
+    fn wire(&mut self, from: u32, msg: &ReplicaMessage) -> Verified<VerifiedMessage> {
+        let bytes = crate::codec::encode(msg).unwrap();
+        let msg = crate::codec::decode(&bytes, 1 << 24).unwrap();
+        self.verifier.verify_message(ReplicaId(from), msg).unwrap()
+    }
+
+    fn pre_append(&self, term: Term, index: u64, prev: Digest, txs: Vec<SignedTx>) -> PreAppend {
+        let entry = Entry {
+            term,
+            index: Index(index),
+            prev_hash: prev,
+            txs,
+        };
+        let ids: Vec<_> = entry.txs.iter().map(|t| t.id(&self.cid())).collect();
+        let hash = crate::message::entry_hash(&self.cid(), term, Index(index), &prev, &ids);
+        let leader = self.cluster.leader_of(term).as_usize();
+        let leader_sig = self.keys[leader].sign(&pre_append_digest(&self.cid(), term, Index(index), &hash));
+        PreAppend {
+            term,
+            entry,
+            leader_sig,
+        }
+    }
+
+    fn certificate(&self, subject: VoteSubject, signers: &[u32]) -> Certificate {
+        Certificate {
+            subject,
+            sigs: signers
+                .iter()
+                .map(|i| {
+                    let v = Vote::sign(&self.cid(), &self.keys[*i as usize], ReplicaId(*i), subject);
+                    (v.replica, v.sig)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn subject(phase: Phase, index: u64, hash: Digest, digest: Option<Digest>) -> VoteSubject {
+    VoteSubject {
+        phase,
+        term: Term(0),
+        index: Index(index),
+        entry_hash: hash,
+        state_digest: digest,
+    }
+}
+
+fn votes_in(ready: &Ready) -> Vec<VoteSubject> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.message {
+            ReplicaMessage::Vote(v) => Some(v.subject),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Makes a batch durable in `state` and confirms it.
+fn persist_all<S: StateMachine>(r: &mut Replica<S>, ready: &Ready, state: &mut DurableState) {
+    if let Some(batch) = &ready.persist {
+        state.apply_batch(PersistBatch {
+            id: batch.id,
+            ops: batch.ops.clone(),
+        });
+        r.on_persisted(Time(0), batch.id);
+    }
+}
+
+#[test]
+fn leader_proposal_leaves_only_after_it_is_durable() {
+    let mut fx = Fixture::new(4);
+    let mut leader = fx.replica(0, DurableState::default());
+    let tx = fx.tx(1, 1, b"a");
+    leader.on_client_tx(Time(10), tx);
+    let ready = leader.ready();
+    let batch = ready.persist.clone().expect("entry and vote to persist");
+    assert!(matches!(batch.ops[0], PersistOp::Entry(_)));
+    assert!(matches!(batch.ops[1], PersistOp::Vote(_)));
+    assert!(ready.messages.is_empty(), "nothing may leave before the entry is durable");
+    leader.on_persisted(Time(11), batch.id);
+    let ready = leader.ready();
+    assert_eq!(ready.messages.len(), 1);
+    assert!(matches!(ready.messages[0].message, ReplicaMessage::PreAppend(_)));
+    assert_eq!(ready.messages[0].to, Target::AllOthers);
+}
+
+#[test]
+fn follower_votes_after_persisting_and_refuses_bad_proposals() {
+    let mut fx = Fixture::new(4);
+    let mut f = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    let t1 = fx.signed(1, 1, b"a");
+    let good = fx.pre_append(Term(0), 1, fx.cid(), vec![t1.clone()]);
+
+    // Wrong prev_hash: refused.
+    let bad_chain = fx.pre_append(Term(0), 1, Digest([9; 32]), vec![t1.clone()]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(bad_chain));
+    f.on_message(Time(1), ReplicaId(0), m);
+    assert!(f.ready().persist.is_none());
+    assert_eq!(f.metrics().refused.get("pre-append does not chain to the log's tip"), Some(&1));
+
+    // Good: entry + vote persisted, vote released only after confirmation.
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(good.clone()));
+    f.on_message(Time(2), ReplicaId(0), m);
+    let ready = f.ready();
+    assert!(votes_in(&ready).is_empty());
+    persist_all(&mut f, &ready, &mut disk);
+    let ready = f.ready();
+    let votes = votes_in(&ready);
+    assert_eq!(votes.len(), 1);
+    assert_eq!(votes[0].phase, Phase::PreAppend);
+    assert_eq!(ready.messages[0].to, Target::Replica(ReplicaId(0)));
+
+    // A second, different entry at the same (term, index): equivocation, refused, no vote.
+    let t2 = fx.signed(2, 1, b"b");
+    let other = fx.pre_append(Term(0), 1, fx.cid(), vec![t2]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(other));
+    f.on_message(Time(3), ReplicaId(0), m);
+    let ready = f.ready();
+    assert!(ready.persist.is_none() && votes_in(&ready).is_empty());
+    assert_eq!(
+        f.metrics().refused.get("pre-append conflicts with the entry held at its index"),
+        Some(&1)
+    );
+
+    // A retransmission of the same entry gets the same vote again.
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(good));
+    f.on_message(Time(4), ReplicaId(0), m);
+    assert_eq!(votes_in(&f.ready()), votes);
+
+    // An entry that repeats an executed-or-pending tx is stale.
+    let h1 = f.entry_hash(Index(1)).unwrap();
+    let replay = fx.pre_append(Term(0), 2, h1, vec![t1]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(replay));
+    f.on_message(Time(5), ReplicaId(0), m);
+    assert!(f.ready().persist.is_none());
+    assert_eq!(f.metrics().refused.get("pre-append holds a stale or repeated tx"), Some(&1));
+}
+
+#[test]
+fn proposals_from_a_non_leader_or_another_term_are_refused() {
+    let mut fx = Fixture::new(4);
+    let t1 = fx.signed(1, 1, b"a");
+    let p = fx.pre_append(Term(0), 1, fx.cid(), vec![t1.clone()]);
+    let bytes = crate::codec::encode(&ReplicaMessage::PreAppend(p)).unwrap();
+    let msg = crate::codec::decode(&bytes, 1 << 20).unwrap();
+    assert!(matches!(
+        fx.verifier.verify_message(ReplicaId(2), msg),
+        Err(crate::verify::VerifyError::WrongSender { .. })
+    ));
+    // A valid proposal of term 1 (leader 1) reaches a replica still in term 0.
+    let mut f = fx.replica(2, DurableState::default());
+    let p = fx.pre_append(Term(1), 1, fx.cid(), vec![t1]);
+    let m = fx.wire(1, &ReplicaMessage::PreAppend(p));
+    f.on_message(Time(1), ReplicaId(1), m);
+    assert!(f.ready().persist.is_none());
+    assert_eq!(f.metrics().refused.get("pre-append for another term"), Some(&1));
+}
+
+#[test]
+fn out_of_order_proposals_are_buffered_until_the_gap_fills() {
+    let mut fx = Fixture::new(4);
+    let mut f = fx.replica(1, DurableState::default());
+    let p1 = fx.pre_append(Term(0), 1, fx.cid(), vec![fx.signed(1, 1, b"a")]);
+    let ids: Vec<_> = p1.entry.txs.iter().map(|t| t.id(&fx.cid())).collect();
+    let h1 = crate::message::entry_hash(&fx.cid(), Term(0), Index(1), &fx.cid(), &ids);
+    let p2 = fx.pre_append(Term(0), 2, h1, vec![fx.signed(1, 2, b"b")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(p2));
+    f.on_message(Time(1), ReplicaId(0), m);
+    assert_eq!(f.last_index(), Index(0));
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(p1));
+    f.on_message(Time(2), ReplicaId(0), m);
+    assert_eq!(f.last_index(), Index(2));
+}
+
+#[test]
+fn append_votes_wait_for_every_lower_entry_to_be_prepared() {
+    let mut fx = Fixture::new(4);
+    let mut f = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    let p1 = fx.pre_append(Term(0), 1, fx.cid(), vec![fx.signed(1, 1, b"a")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(p1));
+    f.on_message(Time(1), ReplicaId(0), m);
+    let h1 = f.entry_hash(Index(1)).unwrap();
+    let p2 = fx.pre_append(Term(0), 2, h1, vec![fx.signed(1, 2, b"b")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(p2));
+    f.on_message(Time(2), ReplicaId(0), m);
+    let h2 = f.entry_hash(Index(2)).unwrap();
+    let r = f.ready();
+    persist_all(&mut f, &r, &mut disk);
+    f.ready();
+
+    // PC for 2 first: stored, but no Append vote while 1 is unprepared.
+    let pc2 = fx.certificate(subject(Phase::PreAppend, 2, h2, None), &[0, 2, 3]);
+    let m = fx.wire(0, &ReplicaMessage::Append(pc2));
+    f.on_message(Time(3), ReplicaId(0), m);
+    let r = f.ready();
+    persist_all(&mut f, &r, &mut disk);
+    assert!(votes_in(&f.ready()).is_empty());
+
+    // PC for 1: both Append votes, in order, after persistence.
+    let pc1 = fx.certificate(subject(Phase::PreAppend, 1, h1, None), &[0, 2, 3]);
+    let m = fx.wire(0, &ReplicaMessage::Append(pc1));
+    f.on_message(Time(4), ReplicaId(0), m);
+    let r = f.ready();
+    assert!(votes_in(&r).is_empty());
+    persist_all(&mut f, &r, &mut disk);
+    let votes = votes_in(&f.ready());
+    assert_eq!(
+        votes.iter().map(|v| (v.phase, v.index.0)).collect::<Vec<_>>(),
+        vec![(Phase::Append, 1), (Phase::Append, 2)]
+    );
+
+    // A PC for another entry than the one held is refused.
+    let bogus = fx.certificate(subject(Phase::PreAppend, 1, Digest([5; 32]), None), &[0, 2, 3]);
+    let m = fx.wire(0, &ReplicaMessage::Append(bogus));
+    f.on_message(Time(5), ReplicaId(0), m);
+    assert_eq!(
+        f.metrics().refused.get("prepared certificate for another entry than the one held"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn commit_certificate_executes_replies_and_votes_with_the_digest() {
+    let mut fx = Fixture::new(4);
+    let mut f = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    let p1 = fx.pre_append(Term(0), 1, fx.cid(), vec![fx.signed(1, 1, b"a"), fx.signed(2, 1, b"b")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(p1));
+    f.on_message(Time(1), ReplicaId(0), m);
+    let h1 = f.entry_hash(Index(1)).unwrap();
+    let r = f.ready();
+    persist_all(&mut f, &r, &mut disk);
+    let cc = fx.certificate(subject(Phase::Append, 1, h1, None), &[0, 2, 3]);
+    let m = fx.wire(0, &ReplicaMessage::Commit(cc));
+    f.on_message(Time(2), ReplicaId(0), m);
+    assert_eq!(f.commit_index(), Index(1));
+    assert_eq!(f.applied_index(), Index(1));
+    let r = f.ready();
+    assert!(r.replies.is_empty(), "replies wait for the commit certificate to be durable");
+    persist_all(&mut f, &r, &mut disk);
+    let r = f.ready();
+    assert_eq!(r.replies.len(), 2);
+    for reply in &r.replies {
+        fx.verifier.verify_reply(reply).unwrap();
+    }
+    let votes = votes_in(&r);
+    assert_eq!(votes.len(), 1);
+    assert_eq!(votes[0].phase, Phase::Commit);
+    assert_eq!(votes[0].state_digest, Some(f.state_digest()));
+
+    // A matching execution certificate is fine; a different digest is divergence.
+    let ec = fx.certificate(subject(Phase::Commit, 1, h1, Some(f.state_digest())), &[0, 2, 3]);
+    let m = fx.wire(0, &ReplicaMessage::Executed(ec));
+    f.on_message(Time(3), ReplicaId(0), m);
+    assert!(f.divergence().is_none());
+    let bad = fx.certificate(subject(Phase::Commit, 1, h1, Some(Digest([1; 32]))), &[0, 2, 3]);
+    let mut g = fx.replica(2, disk.clone());
+    let m = fx.wire(0, &ReplicaMessage::Executed(bad));
+    g.on_message(Time(3), ReplicaId(0), m);
+    assert_eq!(g.divergence().map(|d| d.index), Some(Index(1)));
+}
+
+#[test]
+fn a_restarted_replica_never_votes_twice_for_one_slot() {
+    let mut fx = Fixture::new(4);
+    let mut disk = DurableState::default();
+    let mut f = fx.replica(1, DurableState::default());
+    let a = fx.pre_append(Term(0), 1, fx.cid(), vec![fx.signed(1, 1, b"a")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(a));
+    f.on_message(Time(1), ReplicaId(0), m);
+    let r = f.ready();
+    persist_all(&mut f, &r, &mut disk);
+    assert_eq!(votes_in(&f.ready()).len(), 1);
+
+    // Restart from disk, but pretend the entry itself was lost (only the vote survived): the
+    // replica must still refuse to vote for another entry at (term 0, index 1).
+    let mut only_votes = disk.clone();
+    only_votes.entries.clear();
+    let mut f = fx.replica(1, only_votes);
+    let b = fx.pre_append(Term(0), 1, fx.cid(), vec![fx.signed(2, 1, b"b")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(b));
+    f.on_message(Time(2), ReplicaId(0), m);
+    let r = f.ready();
+    persist_all(&mut f, &r, &mut disk);
+    assert!(votes_in(&f.ready()).is_empty());
+    assert_eq!(
+        f.metrics().refused.get("would vote twice for one (phase, term, index)"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn client_admission_refusals_and_cached_replies() {
+    let mut fx = Fixture::new(4);
+    let mut leader = fx.replica(0, DurableState::default());
+    let tx = fx.tx(1, 1, b"forbidden");
+    leader.on_client_tx(Time(1), tx);
+    let r = leader.ready();
+    assert!(r.persist.is_none());
+    assert_eq!(r.replies.len(), 1);
+    assert_eq!(
+        r.replies[0].outcome,
+        Outcome::Rejected(Rejection::Refused("forbidden op".into()))
+    );
+    fx.verifier.verify_reply(&r.replies[0]).unwrap();
+
+    // A follower forwards a client's tx to the leader.
+    let mut f = fx.replica(1, DurableState::default());
+    let tx = fx.tx(1, 2, b"ok");
+    f.on_client_tx(Time(1), tx);
+    let r = f.ready();
+    assert!(matches!(r.messages[0].message, ReplicaMessage::Forward(_)));
+    assert_eq!(r.messages[0].to, Target::Replica(ReplicaId(0)));
+}
+
+/// Runs a whole cluster in memory with instant delivery and persistence.
+fn run_cluster(fx: &mut Fixture, replicas: &mut [Replica<Recorder>], txs: Vec<Verified<CheckedTx>>) -> Vec<Reply> {
+    let mut disks = vec![DurableState::default(); replicas.len()];
+    let mut replies = Vec::new();
+    let mut now = 0u64;
+    for tx in txs {
+        replicas[0].on_client_tx(Time(now), tx);
+    }
+    for _round in 0..10_000 {
+        now += 100;
+        let mut inflight = Vec::new();
+        let mut idle = true;
+        for (i, r) in replicas.iter_mut().enumerate() {
+            r.on_tick(Time(now));
+            let ready = r.ready();
+            if !ready.is_empty() {
+                idle = false;
+            }
+            persist_all(r, &ready, &mut disks[i]);
+            let after = r.ready();
+            for m in ready.messages.into_iter().chain(after.messages) {
+                inflight.push((i as u32, m));
+            }
+            replies.extend(ready.replies.into_iter().chain(after.replies));
+        }
+        for (from, m) in inflight {
+            let targets: Vec<u32> = match m.to {
+                Target::Replica(r) => vec![r.0],
+                Target::AllOthers => (0..replicas.len() as u32).filter(|r| *r != from).collect(),
+            };
+            let verified = fx.wire(from, &m.message);
+            for t in targets {
+                replicas[t as usize].on_message(Time(now), ReplicaId(from), verified.clone());
+            }
+        }
+        if idle && replicas.iter().all(|r| !r.persistence_outstanding() && r.held_messages() == 0) && now > 10_000 {
+            break;
+        }
+    }
+    replies
+}
+
+#[test]
+fn a_cluster_commits_executes_once_and_agrees() {
+    let mut fx = Fixture::new(4);
+    let mut replicas: Vec<_> = (0..4).map(|i| fx.replica(i, DurableState::default())).collect();
+    let mut txs = Vec::new();
+    for client in 0..10u8 {
+        for ts in 1..=5u64 {
+            txs.push(fx.tx(client, ts, &[client, ts as u8]));
+        }
+    }
+    // The same tx twice: executed once.
+    txs.push(fx.tx(3, 5, &[3, 5]));
+    let replies = run_cluster(&mut fx, &mut replicas, txs);
+    for r in &replicas {
+        assert_eq!(r.app().0.len(), 50, "replica {} executed {}", r.id(), r.app().0.len());
+        assert_eq!(r.state_digest(), replicas[0].state_digest());
+        assert_eq!(r.commit_index(), replicas[0].commit_index());
+        assert!(r.latest_execution_certificate().is_some());
+    }
+    // Every replica replied to every tx.
+    assert_eq!(replies.len(), 50 * 4);
+    for reply in &replies {
+        fx.verifier.verify_reply(reply).unwrap();
+    }
+}
