@@ -28,6 +28,18 @@ pub enum CodecError {
     Encode(String),
 }
 
+impl CodecError {
+    /// A short, stable label for counting refusals by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CodecError::TooLarge { .. } => "too-large",
+            CodecError::Malformed(_) => "malformed",
+            CodecError::TrailingBytes(_) => "trailing-bytes",
+            CodecError::Encode(_) => "encode",
+        }
+    }
+}
+
 /// Maximum nesting depth of any protocol message; deeper input is refused.
 const MAX_DEPTH: usize = 32;
 

@@ -175,6 +175,21 @@ pub enum VerifyError {
     },
 }
 
+impl VerifyError {
+    /// A short, stable label for counting refusals by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Signature { .. } => "bad-signature",
+            VerifyError::NonMember(_) => "non-member",
+            VerifyError::WrongSender { .. } => "wrong-sender",
+            VerifyError::Certificate(_) => "bad-certificate",
+            VerifyError::TooLarge { .. } => "too-large",
+            VerifyError::Malformed { .. } => "malformed",
+            VerifyError::EntryTx { .. } => "bad-tx-in-entry",
+        }
+    }
+}
+
 /// Why a certificate is invalid.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateError {
