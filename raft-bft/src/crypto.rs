@@ -97,8 +97,23 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+fn slot(domain: Domain) -> usize {
+    // Exhaustive: a new domain must get its own slot here (and in `DOMAINS`).
+    match domain {
+        Domain::Manifest => 0,
+        Domain::Tx => 1,
+        Domain::Entry => 2,
+        Domain::MerkleNode => 3,
+        Domain::PreAppend => 4,
+        Domain::Vote => 5,
+        Domain::ReplyLeaf => 6,
+        Domain::ReplyBatch => 7,
+        Domain::StateDigest => 8,
+    }
+}
+
 fn cached_key(domain: Domain, cluster_id: &Digest) -> [u8; 32] {
-    let slot = DOMAINS.iter().position(|d| *d == domain).unwrap_or(0);
+    let slot = slot(domain);
     KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
         match &*keys {
@@ -180,6 +195,9 @@ mod transcript_tests {
         let keys: std::collections::HashSet<_> =
             DOMAINS.iter().map(|d| domain_key(*d, &a)).collect();
         assert_eq!(keys.len(), DOMAINS.len());
+        for (i, d) in DOMAINS.iter().enumerate() {
+            assert_eq!(slot(*d), i);
+        }
     }
 
     #[test]
@@ -233,6 +251,34 @@ impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeyPair({:?})", self.public)
     }
+}
+
+/// Why a public key cannot serve as a replica or admin key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The bytes are not a point on the curve.
+    #[error("not a curve point")]
+    NotAPoint,
+    /// The encoding is not the canonical one of its point (two encodings of one key).
+    #[error("non-canonical encoding")]
+    NonCanonical,
+    /// The point has small order: anyone can forge signatures that verify under it.
+    #[error("small-order (weak) key")]
+    SmallOrder,
+}
+
+/// Checks that a key is a canonical encoding of a point of large order. Under ZIP-215 a
+/// small-order key accepts forged signatures, so no such key may be a member's.
+pub fn check_public_key(key: &PublicKey) -> Result<(), KeyError> {
+    let compressed = curve25519_dalek::edwards::CompressedEdwardsY(key.0);
+    let point = compressed.decompress().ok_or(KeyError::NotAPoint)?;
+    if point.compress() != compressed {
+        return Err(KeyError::NonCanonical);
+    }
+    if point.is_small_order() {
+        return Err(KeyError::SmallOrder);
+    }
+    Ok(())
 }
 
 /// Why a signature was refused.
@@ -290,8 +336,10 @@ impl BatchVerifier {
 
     /// Checks every item. Returns one verdict per item, in order.
     ///
-    /// `rng` draws the batch's random coefficients; it affects speed of failure detection only,
-    /// never a verdict (up to the negligible soundness error of batch verification).
+    /// `rng` draws the batch's random coefficients. They must be unpredictable to signers: a
+    /// signer who knows them can craft two invalid signatures whose errors cancel in the batch
+    /// equation, which single verification would refuse. With secret coefficients the verdict
+    /// equals [`verify`]'s up to a negligible probability.
     pub fn verify<R: CryptoRng>(self, rng: &mut R) -> Vec<Result<(), SignatureError>> {
         if self.items.len() <= 1 {
             return self.items.iter().map(|(k, d, s)| verify(k, d, s)).collect();

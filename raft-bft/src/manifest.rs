@@ -52,6 +52,14 @@ pub enum ManifestError {
         /// Second holder.
         b: ReplicaId,
     },
+    /// A replica's or admin's key is unusable.
+    #[error("the key of {who} is unusable: {source}")]
+    BadKey {
+        /// Whose key.
+        who: String,
+        /// What is wrong with it.
+        source: crate::crypto::KeyError,
+    },
     /// Bad parameters.
     #[error("invalid parameters: {0}")]
     Params(String),
@@ -79,6 +87,20 @@ impl Cluster {
             if r.id.as_usize() != position {
                 return Err(ManifestError::IdOutOfOrder { position, id: r.id });
             }
+        }
+        for r in &manifest.replicas {
+            crate::crypto::check_public_key(&r.public_key).map_err(|source| {
+                ManifestError::BadKey {
+                    who: format!("replica {}", r.id),
+                    source,
+                }
+            })?;
+        }
+        for (i, k) in manifest.admin_keys.iter().enumerate() {
+            crate::crypto::check_public_key(k).map_err(|source| ManifestError::BadKey {
+                who: format!("admin key {i}"),
+                source,
+            })?;
         }
         for (i, a) in manifest.replicas.iter().enumerate() {
             if let Some(b) = manifest.replicas[i + 1..]
@@ -196,5 +218,17 @@ mod tests {
         m.replicas[3].public_key = m.replicas[0].public_key;
         assert!(matches!(Cluster::new(m), Err(ManifestError::DuplicateKey { .. })));
         assert!(matches!(Cluster::new(manifest(0)), Err(ManifestError::Empty)));
+        // A small-order key (the identity point) would let anyone forge that replica's votes.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut m = manifest(4);
+        m.replicas[1].public_key = crate::types::PublicKey(identity);
+        assert!(matches!(
+            Cluster::new(m),
+            Err(ManifestError::BadKey { source: crate::crypto::KeyError::SmallOrder, .. })
+        ));
+        let mut m = manifest(4);
+        m.admin_keys = vec![crate::types::PublicKey([0xff; 32])];
+        assert!(matches!(Cluster::new(m), Err(ManifestError::BadKey { .. })));
     }
 }

@@ -237,6 +237,10 @@ pub const MAX_ENTRIES_PER_MESSAGE: usize = 64;
 
 impl Verifier {
     /// A verifier for `cluster`, with batch coefficients drawn from a CSPRNG seeded by `seed`.
+    ///
+    /// In production `seed` must come from the operating system's CSPRNG and stay secret:
+    /// anyone who can predict the coefficients can craft signatures that pass a batch but fail
+    /// alone (see [`BatchVerifier::verify`]). Fixed seeds are for tests and the simulator.
     pub fn new(cluster: Arc<Cluster>, seed: [u8; 32]) -> Self {
         Verifier {
             cluster,
@@ -260,25 +264,31 @@ impl Verifier {
     pub fn verify_txs(&mut self, txs: Vec<SignedTx>) -> Vec<Result<Verified<CheckedTx>, VerifyError>> {
         let cid = *self.cluster.cluster_id();
         let limit = self.cluster.params().max_op_bytes;
+        // Size first: an oversized op is refused before any hashing or signature work.
+        let mut results: Vec<Result<Option<TxId>, VerifyError>> = Vec::with_capacity(txs.len());
         let mut batch = BatchVerifier::with_capacity(txs.len());
-        let mut ids = Vec::with_capacity(txs.len());
         for tx in &txs {
+            if tx.op.len() > limit as usize {
+                results.push(Err(VerifyError::TooLarge {
+                    what: "op",
+                    size: tx.op.len() as u64,
+                    limit: u64::from(limit),
+                }));
+                continue;
+            }
             let id = tx.id(&cid);
             batch.push(tx.client, id, tx.sig);
-            ids.push(id);
+            results.push(Ok(Some(id)));
         }
-        let verdicts = batch.verify(&mut self.rng);
+        let mut verdicts = batch.verify(&mut self.rng).into_iter();
         txs.into_iter()
-            .zip(ids)
-            .zip(verdicts)
-            .map(|((tx, id), verdict)| {
-                if tx.op.len() > limit as usize {
-                    return Err(VerifyError::TooLarge {
-                        what: "op",
-                        size: tx.op.len() as u64,
-                        limit: u64::from(limit),
-                    });
-                }
+            .zip(results)
+            .map(|(tx, checked)| {
+                let id = checked?.ok_or(VerifyError::Malformed {
+                    what: "tx",
+                    why: "no id",
+                })?;
+                let verdict = verdicts.next().unwrap_or(Err(SignatureError::Invalid));
                 verdict.map_err(|source| VerifyError::Signature { what: "tx", source })?;
                 Ok(Verified(CheckedTx { tx, id }))
             })
@@ -434,12 +444,25 @@ impl Verifier {
         }
         let key = *self.cluster.key_of(leader).ok_or(VerifyError::NonMember(leader))?;
         let (term, leader_sig) = (p.term, p.leader_sig);
-        let entry = self.verify_entry(p.entry)?;
-        let digest = pre_append_digest(self.cluster.cluster_id(), term, entry.entry.index, &entry.hash);
+        // The leader's one signature is checked before the batch of client signatures, so a
+        // message that is not the leader's costs one verification, not a thousand.
+        let cid = *self.cluster.cluster_id();
+        let e = &p.entry;
+        if e.txs.len() > self.cluster.params().max_batch_txs as usize {
+            return Err(VerifyError::TooLarge {
+                what: "batch tx count",
+                size: e.txs.len() as u64,
+                limit: u64::from(self.cluster.params().max_batch_txs),
+            });
+        }
+        let ids: Vec<TxId> = e.txs.iter().map(|t| t.id(&cid)).collect();
+        let hash = entry_hash(&cid, e.term, e.index, &e.prev_hash, &ids);
+        let digest = pre_append_digest(&cid, term, e.index, &hash);
         crypto::verify(&key, &digest, &leader_sig).map_err(|source| VerifyError::Signature {
             what: "leader signature",
             source,
         })?;
+        let entry = self.verify_entry(p.entry)?;
         Ok(VerifiedMessage::PreAppend {
             term,
             entry,
