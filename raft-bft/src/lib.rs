@@ -13,3 +13,5 @@ pub mod verify;
 pub mod persist;
 pub mod replica;
 pub mod state_machine;
+#[cfg(feature = "simulator")]
+pub mod sim;

@@ -1,0 +1,148 @@
+//! The outcome of a simulation run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::types::Time;
+
+/// Counters of what happened during a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Events processed.
+    pub events: u64,
+    /// Messages handed to the network (replica to replica, client to replica, replies).
+    pub messages_sent: u64,
+    /// Message copies delivered to a live receiver.
+    pub messages_delivered: u64,
+    /// Messages lost at random.
+    pub messages_dropped: u64,
+    /// Messages lost to a partition.
+    pub messages_partitioned: u64,
+    /// Messages lost because the receiver was down (or restarted since they were sent).
+    pub messages_to_crashed: u64,
+    /// Messages delivered twice.
+    pub messages_duplicated: u64,
+    /// Message copies with a flipped bit.
+    pub messages_corrupted: u64,
+    /// Messages that did not decode, by error kind.
+    pub decode_errors: BTreeMap<String, u64>,
+    /// Messages and txs the verifier refused, by message kind and error kind.
+    pub verify_errors: BTreeMap<String, u64>,
+    /// Inputs the replicas' protocol logic refused, by reason (summed over replicas and
+    /// incarnations).
+    pub replica_refusals: BTreeMap<String, u64>,
+    /// Replies the clients refused as invalid.
+    pub invalid_replies: u64,
+    /// Persist batches made durable.
+    pub persisted_batches: u64,
+    /// Persist batches lost in a crash before they were durable.
+    pub lost_batches: u64,
+    /// Replica crashes.
+    pub crashes: u64,
+    /// Replica restarts.
+    pub restarts: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Messages the leader retransmitted.
+    pub retransmissions: u64,
+    /// Fetch requests replicas sent to catch up.
+    pub fetches: u64,
+    /// Client re-sends to all replicas after a timeout.
+    pub client_retries: u64,
+}
+
+/// The outcome of one run. Same configuration, same report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// The run's seed.
+    pub seed: u64,
+    /// Number of replicas.
+    pub replicas: usize,
+    /// Safety violations (at most a few dozen are listed; see `violation_count`).
+    pub violations: Vec<String>,
+    /// Total number of safety violations found.
+    pub violation_count: u64,
+    /// Why the run was not live, if it was not: a tx not accepted within the bound.
+    pub liveness_failure: Option<String>,
+    /// Txs executed in the longest committed log.
+    pub committed_txs: u64,
+    /// Entries in the longest committed log.
+    pub committed_entries: u64,
+    /// Txs the clients submitted.
+    pub submitted_txs: u64,
+    /// Txs whose result a client accepted.
+    pub accepted_txs: u64,
+    /// The virtual time at which the run ended.
+    pub end_time: Time,
+    /// Replicas whose committed log is shorter than the longest at the end (informational:
+    /// an idle cluster has no heartbeats yet to make laggards catch up).
+    pub lagging_replicas: usize,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl SimReport {
+    /// True if the run found no safety violation and no liveness failure.
+    pub fn is_ok(&self) -> bool {
+        self.violation_count == 0 && self.liveness_failure.is_none()
+    }
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counters;
+        writeln!(
+            f,
+            "seed {} n={}: {} violations, liveness {}, committed {} txs in {} entries, \
+             accepted {}/{} txs, {} replicas lagging at the end, ended at {:.3} s",
+            self.seed,
+            self.replicas,
+            self.violation_count,
+            self.liveness_failure.as_deref().unwrap_or("ok"),
+            self.committed_txs,
+            self.committed_entries,
+            self.accepted_txs,
+            self.submitted_txs,
+            self.lagging_replicas,
+            self.end_time.0 as f64 / 1e6
+        )?;
+        writeln!(
+            f,
+            "  events {} sent {} delivered {} dropped {} partitioned {} to-crashed {} dup {} \
+             corrupted {} crashes {} restarts {} partitions {} lost-batches {} retransmissions {} \
+             fetches {} client-retries {} invalid-replies {}",
+            c.events,
+            c.messages_sent,
+            c.messages_delivered,
+            c.messages_dropped,
+            c.messages_partitioned,
+            c.messages_to_crashed,
+            c.messages_duplicated,
+            c.messages_corrupted,
+            c.crashes,
+            c.restarts,
+            c.partitions,
+            c.lost_batches,
+            c.retransmissions,
+            c.fetches,
+            c.client_retries,
+            c.invalid_replies
+        )?;
+        for (name, map) in [
+            ("decode errors", &c.decode_errors),
+            ("verify errors", &c.verify_errors),
+            ("replica refusals", &c.replica_refusals),
+        ] {
+            if !map.is_empty() {
+                writeln!(f, "  {name}:")?;
+                for (k, v) in map {
+                    writeln!(f, "    {v:>8}  {k}")?;
+                }
+            }
+        }
+        for v in &self.violations {
+            writeln!(f, "  VIOLATION: {v}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,394 @@
+//! What flows in and out: deliveries to replicas and clients, replica output (persist,
+//! messages, replies, ticks) and the network.
+
+use super::*;
+
+/// A one-line summary of a replica message, for traces.
+fn describe(msg: &ReplicaMessage) -> String {
+    match msg {
+        ReplicaMessage::PreAppend(p) => format!(
+            "PreAppend(t{} i{} {} txs)",
+            p.term,
+            p.entry.index,
+            p.entry.txs.len()
+        ),
+        ReplicaMessage::Vote(v) => format!(
+            "Vote({:?} t{} i{} by {})",
+            v.subject.phase, v.subject.term, v.subject.index, v.replica
+        ),
+        ReplicaMessage::Append(c) => format!("Append(PC i{})", c.subject.index),
+        ReplicaMessage::Commit(c) => format!("Commit(CC i{})", c.subject.index),
+        ReplicaMessage::Executed(c) => format!("Executed(EC i{})", c.subject.index),
+        ReplicaMessage::Forward(tx) => format!("Forward(ts {})", tx.ts),
+        ReplicaMessage::FetchEntries { from, to } => format!("FetchEntries({from}..={to})"),
+        ReplicaMessage::Entries {
+            entries,
+            certificate,
+        } => format!(
+            "Entries({} up to i{})",
+            entries.len(),
+            certificate.subject.index
+        ),
+    }
+}
+
+impl<W: Workload> Simulation<W> {
+    pub(super) fn deliver_replica_message(
+        &mut self,
+        to: usize,
+        from: usize,
+        incarnation: u64,
+        bytes: &[u8],
+    ) {
+        if self.nodes[to].incarnation != incarnation || !self.nodes[to].is_up() {
+            self.counters.messages_to_crashed += 1;
+            return;
+        }
+        if self.net.cut(Endpoint::Replica(from), Endpoint::Replica(to)) {
+            self.counters.messages_partitioned += 1;
+            return;
+        }
+        let limit = self.cluster.params().max_message_bytes as usize;
+        let msg = match codec::decode::<ReplicaMessage>(bytes, limit) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_decode_error("replica message", &e);
+                return;
+            }
+        };
+        self.counters.messages_delivered += 1;
+        self.trace(|| format!("r{from} -> r{to} {}", describe(&msg)));
+        let kind = msg.kind();
+        let node = &mut self.nodes[to];
+        match node.verifier.verify_message(ReplicaId(from as u32), msg) {
+            Ok(verified) => {
+                if let Some(r) = node.replica.as_mut() {
+                    r.on_message(self.now, ReplicaId(from as u32), verified);
+                }
+                self.drain(to);
+            }
+            Err(e) => {
+                self.trace(|| format!("r{to} refused it: {e}"));
+                let key = format!("{kind}: {}", e.kind());
+                *self.counters.verify_errors.entry(key).or_insert(0) += 1;
+            }
+        }
+    }
+
+    pub(super) fn deliver_client_tx(&mut self, to: usize, incarnation: u64, bytes: &[u8]) {
+        if self.nodes[to].incarnation != incarnation || !self.nodes[to].is_up() {
+            self.counters.messages_to_crashed += 1;
+            return;
+        }
+        if self.net.cut(Endpoint::Client, Endpoint::Replica(to)) {
+            self.counters.messages_partitioned += 1;
+            return;
+        }
+        let limit = self.cluster.params().max_message_bytes as usize;
+        let tx = match codec::decode::<SignedTx>(bytes, limit) {
+            Ok(t) => t,
+            Err(e) => {
+                self.count_decode_error("client tx", &e);
+                return;
+            }
+        };
+        self.counters.messages_delivered += 1;
+        self.trace(|| format!("client -> r{to} tx (client {}, ts {})", tx.client, tx.ts));
+        let node = &mut self.nodes[to];
+        match node.verifier.verify_tx(tx) {
+            Ok(verified) => {
+                if let Some(r) = node.replica.as_mut() {
+                    r.on_client_tx(self.now, verified);
+                }
+                self.drain(to);
+            }
+            Err(e) => {
+                let key = format!("client tx: {}", e.kind());
+                *self.counters.verify_errors.entry(key).or_insert(0) += 1;
+            }
+        }
+    }
+
+    pub(super) fn deliver_reply(&mut self, client: usize, from: usize, bytes: &[u8]) {
+        if self.net.cut(Endpoint::Replica(from), Endpoint::Client) {
+            self.counters.messages_partitioned += 1;
+            return;
+        }
+        let limit = self.cluster.params().max_message_bytes as usize;
+        let reply = match codec::decode::<Reply>(bytes, limit) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_decode_error("reply", &e);
+                return;
+            }
+        };
+        self.counters.messages_delivered += 1;
+        let now = self.now;
+        let c = &mut self.clients[client];
+        let Some(accepted) = c.client.on_reply(now, reply) else {
+            return;
+        };
+        if self.config.trace {
+            eprintln!(
+                "{:>10} client {client} accepted ts {}: {:?}",
+                now.0, accepted.ts, accepted.outcome
+            );
+        }
+        match c.outstanding.take() {
+            Some(position) => self.history.accept(position, now, accepted.outcome),
+            None => {
+                self.violation(format!(
+                    "client {client} accepted ts {} while the simulator knew of no outstanding tx",
+                    accepted.ts
+                ));
+            }
+        }
+        let c = &mut self.clients[client];
+        c.tick.clear();
+        if c.remaining > 0 {
+            let think = network::uniform(&mut self.rng, Duration::ZERO, self.config.max_think_time);
+            self.queue.push(now.after(think), Event::Submit { client });
+        } else {
+            self.maybe_finish();
+        }
+    }
+
+    pub(super) fn persisted(&mut self, node: usize, incarnation: u64, batch: u64) {
+        let n = &mut self.nodes[node];
+        if n.incarnation != incarnation || !n.is_up() {
+            return; // the batch was lost in a crash
+        }
+        if let Err(e) = n.disk.complete(batch) {
+            self.violation(format!("simulator: replica {node}: {e}"));
+            return;
+        }
+        self.counters.persisted_batches += 1;
+        if let Some(r) = n.replica.as_mut() {
+            r.on_persisted(self.now, batch);
+        }
+        self.drain(node);
+    }
+
+    pub(super) fn submit(&mut self, client: usize) {
+        let c = &mut self.clients[client];
+        if c.remaining == 0 || c.outstanding.is_some() {
+            return;
+        }
+        let op_id = ((client as u64) << 32) | c.submitted;
+        let op = self.workload.next_op(&mut self.rng, client, op_id);
+        let c = &mut self.clients[client];
+        match c.client.submit(self.now, op.clone()) {
+            Ok(sends) => {
+                let ts = c.client.last_ts();
+                let position = self.history.invoke(client, c.key, ts, op, self.now);
+                c.outstanding = Some(position);
+                c.remaining -= 1;
+                c.submitted += 1;
+                for s in sends {
+                    self.send_client_tx(client, s);
+                }
+                self.arm_client_tick(client);
+            }
+            Err(e) => self.violation(format!("client {client} refused to submit: {e}")),
+        }
+    }
+
+    pub(super) fn arm_client_tick(&mut self, client: usize) {
+        let c = &mut self.clients[client];
+        let Some(at) = c.client.next_deadline() else {
+            return;
+        };
+        let at = at.max(self.now);
+        if let Some(generation) = c.tick.arm(at) {
+            self.queue
+                .push(at, Event::ClientTick { client, generation });
+        }
+    }
+
+    // ----- output -----
+
+    /// Takes the replica's output: persist batch to the disk, messages and replies to the
+    /// network (after the persist-before-speak check), next tick to the queue.
+    pub(super) fn drain(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let ready = replica.ready();
+        let incarnation = node.incarnation;
+        if let Some(batch) = ready.persist {
+            let latency = network::uniform(
+                &mut self.rng,
+                self.config.min_disk_latency,
+                self.config.max_disk_latency,
+            );
+            let id = batch.id;
+            let at = self.nodes[i].disk.submit(batch, self.now, latency);
+            self.queue.push(
+                at,
+                Event::Persisted {
+                    node: i,
+                    incarnation,
+                    batch: id,
+                },
+            );
+        }
+        for m in ready.messages {
+            if let Some(why) = self.nodes[i].disk.unjustified(&m.message) {
+                self.violation(format!("persist-before-speak: r{i} {why}"));
+            }
+            if let Some(why) = self.nodes[i].spoken.record(&m.message) {
+                self.violation(format!("equivocation: r{i} {why}"));
+            }
+            self.send_replica_message(i, m);
+        }
+        for r in ready.replies {
+            if let Some(why) = self.nodes[i].disk.unjustified_reply(&r) {
+                self.violation(format!("persist-before-speak: r{i} {why}"));
+            }
+            self.send_reply(i, &r);
+        }
+        if let Some(at) = ready.next_tick {
+            // Never in the past, and strictly after now: a tick due now runs after this input.
+            let at = at.max(Time(self.now.0 + 1));
+            if let Some(generation) = self.nodes[i].tick.arm(at) {
+                self.queue.push(
+                    at,
+                    Event::ReplicaTick {
+                        node: i,
+                        incarnation,
+                        generation,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn send_replica_message(&mut self, from: usize, out: OutMessage) {
+        let bytes: Bytes = match codec::encode(&out.message) {
+            Ok(b) => b.into(),
+            Err(e) => {
+                self.violation(format!(
+                    "r{from} produced a message that does not encode: {e}"
+                ));
+                return;
+            }
+        };
+        let targets: Vec<usize> = match out.to {
+            Target::Replica(r) => vec![r.as_usize()],
+            Target::AllOthers => (0..self.nodes.len()).filter(|&t| t != from).collect(),
+        };
+        for to in targets {
+            if to >= self.nodes.len() || to == from {
+                self.violation(format!("r{from} sent a {} to r{to}", out.message.kind()));
+                continue;
+            }
+            let incarnation = self.nodes[to].incarnation;
+            self.transmit(
+                Endpoint::Replica(from),
+                Endpoint::Replica(to),
+                &bytes,
+                |bytes| Event::ReplicaMessage {
+                    to,
+                    from,
+                    incarnation,
+                    bytes,
+                },
+            );
+        }
+    }
+
+    pub(super) fn send_reply(&mut self, from: usize, reply: &Reply) {
+        let Some(&client) = self.client_by_key.get(&reply.client) else {
+            self.violation(format!("r{from} replied to a client that does not exist"));
+            return;
+        };
+        let bytes: Bytes = match codec::encode(reply) {
+            Ok(b) => b.into(),
+            Err(e) => {
+                self.violation(format!(
+                    "r{from} produced a reply that does not encode: {e}"
+                ));
+                return;
+            }
+        };
+        self.transmit(Endpoint::Replica(from), Endpoint::Client, &bytes, |bytes| {
+            Event::Reply {
+                client,
+                from,
+                bytes,
+            }
+        });
+    }
+
+    pub(super) fn send_client_tx(&mut self, client: usize, send: ClientSend) {
+        let bytes: Bytes = match codec::encode(&send.tx) {
+            Ok(b) => b.into(),
+            Err(e) => {
+                self.violation(format!(
+                    "client {client} produced a tx that does not encode: {e}"
+                ));
+                return;
+            }
+        };
+        let targets: Vec<usize> = match send.to {
+            Destination::Replica(r) => vec![r.as_usize()],
+            Destination::AllReplicas => (0..self.nodes.len()).collect(),
+        };
+        for to in targets {
+            if to >= self.nodes.len() {
+                self.violation(format!("client {client} sent a tx to non-member r{to}"));
+                continue;
+            }
+            let incarnation = self.nodes[to].incarnation;
+            self.transmit(Endpoint::Client, Endpoint::Replica(to), &bytes, |bytes| {
+                Event::ClientTx {
+                    to,
+                    incarnation,
+                    bytes,
+                }
+            });
+        }
+    }
+
+    /// Puts one message on the network: zero, one or two copies, each with its delay.
+    pub(super) fn transmit(
+        &mut self,
+        from: Endpoint,
+        to: Endpoint,
+        bytes: &Bytes,
+        event: impl Fn(Bytes) -> Event,
+    ) {
+        self.counters.messages_sent += 1;
+        if let Endpoint::Replica(t) = to {
+            if !self.nodes[t].is_up() {
+                self.counters.messages_to_crashed += 1;
+                return;
+            }
+        }
+        let t = self.net.transmit(&mut self.rng, from, to);
+        if self.config.trace && t.copies.is_empty() {
+            self.trace(|| format!("{from:?} -> {to:?} lost (partitioned: {})", t.partitioned));
+        }
+        if t.partitioned {
+            self.counters.messages_partitioned += 1;
+        }
+        if t.dropped {
+            self.counters.messages_dropped += 1;
+        }
+        if t.duplicated {
+            self.counters.messages_duplicated += 1;
+        }
+        for (delay, corrupt) in t.copies {
+            let copy = if corrupt {
+                self.counters.messages_corrupted += 1;
+                let mut owned = bytes.to_vec();
+                network::corrupt(&mut self.rng, &mut owned);
+                owned.into()
+            } else {
+                Rc::clone(bytes)
+            };
+            self.queue.push(self.now.after(delay), event(copy));
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The simulation engine: the event loop that drives replicas, disks, the network and clients,
+//! with the checks that run along the way and at the end.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng as _, RngExt as _, SeedableRng as _};
+
+use crate::client::{Client, ClientConfig, ClientSend, Destination};
+use crate::codec::{self, CodecError};
+use crate::crypto::KeyPair;
+use crate::manifest::{Cluster, Manifest, ReplicaInfo};
+use crate::message::{Entry, ReplicaMessage, Reply, SignedTx};
+use crate::persist::DurableState;
+use crate::replica::{Metrics, OutMessage, Replica, Target};
+use crate::types::{ClientId, Digest, Index, ReplicaId, Time};
+use crate::verify::Verifier;
+
+use super::check::{self, Monitor, Replay};
+use super::config::SimConfig;
+use super::driver::SimClient;
+use super::history::History;
+use super::network::{self, Endpoint, Network};
+use super::node::{Disk, Node, Spoken};
+use super::queue::{EventQueue, TimerSlot};
+use super::report::{Counters, SimReport};
+use super::workload::Workload;
+use super::SimRng;
+
+mod checks;
+mod io;
+
+/// Violations listed in a report; more are only counted.
+const MAX_LISTED_VIOLATIONS: usize = 40;
+
+type Bytes = Rc<[u8]>;
+
+enum Event {
+    /// A replica message arrives at replica `to` (sent to incarnation `incarnation`).
+    ReplicaMessage {
+        to: usize,
+        from: usize,
+        incarnation: u64,
+        bytes: Bytes,
+    },
+    /// A client tx arrives at replica `to`.
+    ClientTx {
+        to: usize,
+        incarnation: u64,
+        bytes: Bytes,
+    },
+    /// A reply from replica `from` arrives at client `client`.
+    Reply {
+        client: usize,
+        from: usize,
+        bytes: Bytes,
+    },
+    Persisted {
+        node: usize,
+        incarnation: u64,
+        batch: u64,
+    },
+    ReplicaTick {
+        node: usize,
+        incarnation: u64,
+        generation: u64,
+    },
+    ClientTick {
+        client: usize,
+        generation: u64,
+    },
+    Submit {
+        client: usize,
+    },
+    Crash,
+    Restart {
+        node: usize,
+    },
+    PartitionStart,
+    PartitionEnd,
+    Heal,
+    Check,
+    End,
+}
+
+/// Why the event loop stopped.
+enum Stop {
+    Finished,
+    Liveness(String),
+}
+
+pub(crate) struct Simulation<W: Workload> {
+    config: SimConfig,
+    workload: W,
+    rng: SimRng,
+    now: Time,
+    heal_at: Time,
+    queue: EventQueue<Event>,
+    cluster: Arc<Cluster>,
+    nodes: Vec<Node<W::App>>,
+    clients: Vec<SimClient>,
+    client_by_key: BTreeMap<ClientId, usize>,
+    net: Network,
+    history: History,
+    monitor: Monitor,
+    counters: Counters,
+    violations: Vec<String>,
+    violation_count: u64,
+    healed: bool,
+    end_scheduled: bool,
+    stop: Option<Stop>,
+}
+
+fn seed32(rng: &mut SimRng) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    rng.fill_bytes(&mut s);
+    s
+}
+
+impl<W: Workload> Simulation<W> {
+    pub(crate) fn new(config: SimConfig, workload: W) -> Result<Self, String> {
+        config.validate()?;
+        let mut rng = SimRng::seed_from_u64(config.seed);
+        let keys: Vec<KeyPair> = (0..config.replicas)
+            .map(|_| KeyPair::from_seed(seed32(&mut rng)))
+            .collect();
+        let manifest = Manifest {
+            name: format!("sim-{}", config.seed),
+            replicas: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ReplicaInfo {
+                    id: ReplicaId(i as u32),
+                    public_key: k.public(),
+                    address: format!("sim:{i}"),
+                })
+                .collect(),
+            admin_keys: Vec::new(),
+            params: config.params.clone(),
+        };
+        let cluster = Arc::new(Cluster::new(manifest).map_err(|e| e.to_string())?);
+        let mut nodes = Vec::with_capacity(config.replicas);
+        for (i, key) in keys.into_iter().enumerate() {
+            let id = ReplicaId(i as u32);
+            let replica = Replica::new(
+                Arc::clone(&cluster),
+                id,
+                key.clone(),
+                workload.new_app(),
+                DurableState::default(),
+                Time(0),
+            )
+            .map_err(|e| e.to_string())?;
+            nodes.push(Node {
+                id,
+                key,
+                replica: Some(replica),
+                verifier: Verifier::new(Arc::clone(&cluster), seed32(&mut rng)),
+                disk: Disk::default(),
+                incarnation: 0,
+                tick: TimerSlot::default(),
+                checked_commit: Index(0),
+                checked_applied: Index(0),
+                divergence_reported: false,
+                spoken: Spoken::default(),
+            });
+        }
+        let client_config = config
+            .client_config
+            .clone()
+            .unwrap_or_else(|| ClientConfig::from_params(cluster.params()));
+        let mut clients = Vec::with_capacity(config.clients);
+        let mut client_by_key = BTreeMap::new();
+        for i in 0..config.clients {
+            let client = Client::new(
+                Arc::clone(&cluster),
+                KeyPair::from_seed(seed32(&mut rng)),
+                client_config.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            let c = SimClient::new(client, config.txs_per_client);
+            client_by_key.insert(c.key, i);
+            clients.push(c);
+        }
+        let heal_at = Time(0).after(config.heal_at);
+        Ok(Simulation {
+            net: Network::new(config.faults.clone(), config.replicas),
+            workload,
+            rng,
+            now: Time(0),
+            heal_at,
+            queue: EventQueue::new(),
+            cluster,
+            nodes,
+            clients,
+            client_by_key,
+            history: History::new(),
+            monitor: Monitor::default(),
+            counters: Counters::default(),
+            violations: Vec::new(),
+            violation_count: 0,
+            healed: false,
+            end_scheduled: false,
+            stop: None,
+            config,
+        })
+    }
+
+    pub(crate) fn run(mut self) -> SimReport {
+        self.start();
+        let hard_stop = self
+            .heal_at
+            .after(self.config.liveness_bound)
+            .after(self.config.settle)
+            .after(Duration::from_secs(1));
+        while self.stop.is_none() {
+            let Some((at, event)) = self.queue.pop() else {
+                self.stop = Some(Stop::Liveness("the event queue ran dry".into()));
+                break;
+            };
+            if at > hard_stop {
+                self.stop = Some(Stop::Liveness(format!(
+                    "the run reached its time limit ({} s) with clients still busy",
+                    hard_stop.0 / 1_000_000
+                )));
+                break;
+            }
+            self.now = self.now.max(at);
+            self.counters.events += 1;
+            if self.counters.events > self.config.max_events {
+                self.stop = Some(Stop::Liveness(format!(
+                    "more than {} events: the simulation does not converge",
+                    self.config.max_events
+                )));
+                break;
+            }
+            self.handle(event);
+        }
+        self.finish()
+    }
+
+    // ----- setup -----
+
+    fn start(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.drain(i);
+        }
+        for c in 0..self.clients.len() {
+            let think = network::uniform(&mut self.rng, Duration::ZERO, self.config.max_think_time);
+            self.queue
+                .push(self.now.after(think), Event::Submit { client: c });
+        }
+        self.queue.push(self.heal_at, Event::Heal);
+        self.queue
+            .push(self.now.after(self.config.check_interval), Event::Check);
+        if self.config.crashes.enabled && !self.config.crashable().is_empty() {
+            self.schedule_crash();
+        }
+        if !self.config.faults.partition_interval.is_zero() && self.nodes.len() > 1 {
+            self.schedule_partition();
+        }
+        if self.clients.is_empty() {
+            self.maybe_finish();
+        }
+    }
+
+    fn schedule_crash(&mut self) {
+        let wait = network::uniform(
+            &mut self.rng,
+            Duration::ZERO,
+            self.config.crashes.mean_interval * 2,
+        );
+        let at = self.now.after(wait);
+        if at < self.heal_at {
+            self.queue.push(at, Event::Crash);
+        }
+    }
+
+    fn schedule_partition(&mut self) {
+        let wait = network::uniform(
+            &mut self.rng,
+            Duration::ZERO,
+            self.config.faults.partition_interval * 2,
+        );
+        let at = self.now.after(wait);
+        if at < self.heal_at {
+            self.queue.push(at, Event::PartitionStart);
+        }
+    }
+
+    // ----- events -----
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::ReplicaMessage {
+                to,
+                from,
+                incarnation,
+                bytes,
+            } => self.deliver_replica_message(to, from, incarnation, &bytes),
+            Event::ClientTx {
+                to,
+                incarnation,
+                bytes,
+            } => self.deliver_client_tx(to, incarnation, &bytes),
+            Event::Reply {
+                client,
+                from,
+                bytes,
+            } => self.deliver_reply(client, from, &bytes),
+            Event::Persisted {
+                node,
+                incarnation,
+                batch,
+            } => self.persisted(node, incarnation, batch),
+            Event::ReplicaTick {
+                node,
+                incarnation,
+                generation,
+            } => {
+                let n = &mut self.nodes[node];
+                if n.incarnation != incarnation || !n.tick.fire(generation) {
+                    return;
+                }
+                if let Some(r) = n.replica.as_mut() {
+                    r.on_tick(self.now);
+                    self.drain(node);
+                }
+            }
+            Event::ClientTick { client, generation } => {
+                let c = &mut self.clients[client];
+                if !c.tick.fire(generation) {
+                    return;
+                }
+                let sends = c.client.on_tick(self.now);
+                for s in sends {
+                    self.send_client_tx(client, s);
+                }
+                self.arm_client_tick(client);
+            }
+            Event::Submit { client } => self.submit(client),
+            Event::Crash => {
+                self.crash_random();
+                self.schedule_crash();
+            }
+            Event::Restart { node } => self.restart(node),
+            Event::PartitionStart => {
+                if !self.net.is_faulty() {
+                    return;
+                }
+                let isolated = self.net.start_partition(&mut self.rng);
+                self.trace(|| format!("partition: isolated {isolated:?}"));
+                self.counters.partitions += 1;
+                let d = network::uniform(
+                    &mut self.rng,
+                    Duration::from_millis(1),
+                    self.config.faults.max_partition_duration,
+                );
+                let end = self.now.after(d).min(self.heal_at);
+                self.queue.push(end, Event::PartitionEnd);
+            }
+            Event::PartitionEnd => {
+                if self.net.partition_active() {
+                    self.trace(|| "partition ends".to_string());
+                    self.net.end_partition();
+                    self.schedule_partition();
+                }
+            }
+            Event::Heal => {
+                self.trace(|| "HEAL".to_string());
+                self.net.heal();
+                self.healed = true;
+                for i in 0..self.nodes.len() {
+                    self.restart(i);
+                }
+                self.maybe_finish();
+            }
+            Event::Check => {
+                self.observe_all();
+                self.check_liveness();
+                self.queue
+                    .push(self.now.after(self.config.check_interval), Event::Check);
+            }
+            Event::End => self.stop = Some(Stop::Finished),
+        }
+    }
+
+    // ----- crashes -----
+
+    fn crash_random(&mut self) {
+        if self.now >= self.heal_at {
+            return;
+        }
+        let f = self.cluster.f();
+        let max_down = self.config.crashes.max_down.unwrap_or(f);
+        let down = self.nodes.iter().filter(|n| !n.is_up()).count();
+        if down >= max_down {
+            return;
+        }
+        let candidates: Vec<usize> = self
+            .config
+            .crashable()
+            .into_iter()
+            .map(ReplicaId::as_usize)
+            .filter(|&i| self.nodes[i].is_up())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let victim = candidates[self.rng.random_range(0..candidates.len())];
+        self.crash(victim);
+        self.trace(|| format!("r{victim} CRASHED"));
+        let downtime = network::uniform(
+            &mut self.rng,
+            self.config.crashes.min_downtime,
+            self.config.crashes.max_downtime,
+        );
+        let at = self.now.after(downtime).min(self.heal_at);
+        self.queue.push(at, Event::Restart { node: victim });
+    }
+
+    fn crash(&mut self, i: usize) {
+        // Check the instance before it is gone.
+        self.observe(i);
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.take() else {
+            return;
+        };
+        let lost = node.disk.crash(self.now);
+        node.incarnation += 1;
+        node.tick.clear();
+        self.counters.crashes += 1;
+        self.counters.lost_batches += lost as u64;
+        self.retire(i, replica);
+    }
+
+    /// Accounts for a replica instance that goes away (crash, or end of the run).
+    fn retire(&mut self, i: usize, replica: Replica<W::App>) {
+        absorb_metrics(&mut self.counters, replica.metrics());
+        for v in self.workload.app_violations(replica.app()) {
+            self.violation(format!("r{i}: {v}"));
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        if self.nodes[i].is_up() {
+            return;
+        }
+        let seed = seed32(&mut self.rng);
+        let app = self.workload.new_app();
+        let node = &mut self.nodes[i];
+        node.verifier = Verifier::new(Arc::clone(&self.cluster), seed);
+        match Replica::new(
+            Arc::clone(&self.cluster),
+            node.id,
+            node.key.clone(),
+            app,
+            node.disk.durable.clone(),
+            self.now,
+        ) {
+            Ok(r) => {
+                node.replica = Some(r);
+                node.checked_commit = Index(0);
+                node.checked_applied = Index(0);
+                node.divergence_reported = false;
+                self.counters.restarts += 1;
+                self.trace(|| format!("r{i} restarted"));
+                self.drain(i);
+            }
+            Err(e) => self.violation(format!("r{i} cannot restart from its durable state: {e}")),
+        }
+    }
+}
+
+fn absorb_metrics(c: &mut Counters, m: &Metrics) {
+    c.retransmissions += m.retransmissions;
+    c.fetches += m.fetches_sent;
+    for (reason, count) in &m.refused {
+        *c.replica_refusals.entry((*reason).to_string()).or_insert(0) += count;
+    }
+}
