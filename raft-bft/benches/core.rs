@@ -62,7 +62,10 @@ fn cluster(batch: u32) -> (Arc<Cluster>, Vec<KeyPair>) {
         admin_keys: vec![],
         params,
     };
-    (Arc::new(Cluster::new(manifest).expect("valid manifest")), keys)
+    (
+        Arc::new(Cluster::new(manifest).expect("valid manifest")),
+        keys,
+    )
 }
 
 fn run(batch: u32, txs: usize) -> (usize, Timings) {
@@ -172,7 +175,11 @@ fn run(batch: u32, txs: usize) -> (usize, Timings) {
                 replicas[to as usize].on_message(Time(now), ReplicaId(from), verified);
             }
         }
-        executed = replicas.iter().map(|r| r.metrics().executed_txs as usize).min().unwrap_or(0);
+        executed = replicas
+            .iter()
+            .map(|r| r.metrics().executed_txs as usize)
+            .min()
+            .unwrap_or(0);
     }
     let total = start.elapsed();
     // Four replicas hash every tx id; three followers compute every entry's root.
@@ -195,7 +202,14 @@ fn main() {
     println!("raft-bft core, n=4 in memory, one thread, {txs} signed txs of 64 B per run");
     println!(
         "{:>6} {:>10} {:>12} {:>12} {:>12} {:>10} {:>12} {:>12}",
-        "batch", "tx/s", "us/tx total", "us/tx sigver", "us/tx other", "other %", "us/tx codec", "us/tx core"
+        "batch",
+        "tx/s",
+        "us/tx total",
+        "us/tx sigver",
+        "us/tx other",
+        "other %",
+        "us/tx codec",
+        "us/tx core"
     );
     // BATCHES=1024,128 picks the batch sizes to run.
     let batches: Vec<u32> = std::env::var("BATCHES")
@@ -211,7 +225,14 @@ fn main() {
             let total = per(t.total);
             let codec = per(t.codec);
             let core = total - per(t.verify) - codec;
-            rows.push((n as f64 / t.total.as_secs_f64(), total, sig, total - sig, codec, core));
+            rows.push((
+                n as f64 / t.total.as_secs_f64(),
+                total,
+                sig,
+                total - sig,
+                codec,
+                core,
+            ));
         }
         rows.sort_by(|a, b| a.1.total_cmp(&b.1));
         let (tps, total, sig, other, codec, core) = rows[rows.len() / 2];

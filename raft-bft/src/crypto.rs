@@ -203,8 +203,14 @@ mod transcript_tests {
     #[test]
     fn framing_is_unambiguous() {
         let c = Digest([1; 32]);
-        let x = Transcript::new(Domain::Tx, &c).bytes(b"ab").bytes(b"c").finish();
-        let y = Transcript::new(Domain::Tx, &c).bytes(b"a").bytes(b"bc").finish();
+        let x = Transcript::new(Domain::Tx, &c)
+            .bytes(b"ab")
+            .bytes(b"c")
+            .finish();
+        let y = Transcript::new(Domain::Tx, &c)
+            .bytes(b"a")
+            .bytes(b"bc")
+            .finish();
         assert_ne!(x, y);
     }
 }

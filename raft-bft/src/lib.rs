@@ -8,10 +8,10 @@ pub mod crypto;
 pub mod manifest;
 pub mod merkle;
 pub mod message;
-pub mod types;
-pub mod verify;
 pub mod persist;
 pub mod replica;
-pub mod state_machine;
 #[cfg(feature = "simulator")]
 pub mod sim;
+pub mod state_machine;
+pub mod types;
+pub mod verify;

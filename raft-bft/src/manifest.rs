@@ -156,7 +156,10 @@ impl Cluster {
 
     /// The public key of a member, or `None` for a non-member.
     pub fn key_of(&self, id: ReplicaId) -> Option<&PublicKey> {
-        self.manifest.replicas.get(id.as_usize()).map(|r| &r.public_key)
+        self.manifest
+            .replicas
+            .get(id.as_usize())
+            .map(|r| &r.public_key)
     }
 
     /// All replica ids.
@@ -213,11 +216,20 @@ mod tests {
     fn refuses_bad_manifests() {
         let mut m = manifest(4);
         m.replicas[2].id = ReplicaId(7);
-        assert!(matches!(Cluster::new(m), Err(ManifestError::IdOutOfOrder { .. })));
+        assert!(matches!(
+            Cluster::new(m),
+            Err(ManifestError::IdOutOfOrder { .. })
+        ));
         let mut m = manifest(4);
         m.replicas[3].public_key = m.replicas[0].public_key;
-        assert!(matches!(Cluster::new(m), Err(ManifestError::DuplicateKey { .. })));
-        assert!(matches!(Cluster::new(manifest(0)), Err(ManifestError::Empty)));
+        assert!(matches!(
+            Cluster::new(m),
+            Err(ManifestError::DuplicateKey { .. })
+        ));
+        assert!(matches!(
+            Cluster::new(manifest(0)),
+            Err(ManifestError::Empty)
+        ));
         // A small-order key (the identity point) would let anyone forge that replica's votes.
         let mut identity = [0u8; 32];
         identity[0] = 1;
@@ -225,7 +237,10 @@ mod tests {
         m.replicas[1].public_key = crate::types::PublicKey(identity);
         assert!(matches!(
             Cluster::new(m),
-            Err(ManifestError::BadKey { source: crate::crypto::KeyError::SmallOrder, .. })
+            Err(ManifestError::BadKey {
+                source: crate::crypto::KeyError::SmallOrder,
+                ..
+            })
         ));
         let mut m = manifest(4);
         m.admin_keys = vec![crate::types::PublicKey([0xff; 32])];

@@ -177,7 +177,11 @@ mod tests {
         let mut p = tree.proof(4).unwrap();
         p.siblings.push(Digest::ZERO);
         assert_eq!(root_from_proof(&cid, &ls[4], &p), None);
-        let p = MerkleProof { position: 9, leaf_count: 5, siblings: vec![] };
+        let p = MerkleProof {
+            position: 9,
+            leaf_count: 5,
+            siblings: vec![],
+        };
         assert_eq!(root_from_proof(&cid, &ls[0], &p), None);
     }
 }

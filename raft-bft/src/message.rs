@@ -182,7 +182,12 @@ pub struct PreAppend {
 }
 
 /// The digest a leader signs to propose the entry `entry_hash` at `index` in `term`.
-pub fn pre_append_digest(cluster_id: &Digest, term: Term, index: Index, entry_hash: &Digest) -> Digest {
+pub fn pre_append_digest(
+    cluster_id: &Digest,
+    term: Term,
+    index: Index,
+    entry_hash: &Digest,
+) -> Digest {
     Transcript::new(Domain::PreAppend, cluster_id)
         .u64(term.0)
         .u64(index.0)

@@ -75,7 +75,10 @@ impl Time {
     /// This time plus a duration (saturating).
     #[must_use]
     pub fn after(self, d: std::time::Duration) -> Time {
-        Time(self.0.saturating_add(d.as_micros().min(u64::MAX as u128) as u64))
+        Time(
+            self.0
+                .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
+        )
     }
 
     /// The time elapsed since `earlier` (zero if `earlier` is later).

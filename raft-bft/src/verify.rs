@@ -13,7 +13,7 @@ use crate::manifest::Cluster;
 use crate::merkle;
 use crate::message::{
     entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, Entry, Phase,
-    PreAppend, Reply, ReplicaMessage, SignedTx, Vote, VoteSubject,
+    PreAppend, ReplicaMessage, Reply, SignedTx, Vote, VoteSubject,
 };
 use crate::types::{Digest, Index, ReplicaId, Signature, Term, TxId};
 
@@ -261,7 +261,10 @@ impl Verifier {
     }
 
     /// Verifies many client txs with one batch verification; one result per tx, in order.
-    pub fn verify_txs(&mut self, txs: Vec<SignedTx>) -> Vec<Result<Verified<CheckedTx>, VerifyError>> {
+    pub fn verify_txs(
+        &mut self,
+        txs: Vec<SignedTx>,
+    ) -> Vec<Result<Verified<CheckedTx>, VerifyError>> {
         let cid = *self.cluster.cluster_id();
         let limit = self.cluster.params().max_op_bytes;
         // Size first: an oversized op is refused before any hashing or signature work.
@@ -442,7 +445,10 @@ impl Verifier {
                 why: "entry term above the proposing term",
             });
         }
-        let key = *self.cluster.key_of(leader).ok_or(VerifyError::NonMember(leader))?;
+        let key = *self
+            .cluster
+            .key_of(leader)
+            .ok_or(VerifyError::NonMember(leader))?;
         let (term, leader_sig) = (p.term, p.leader_sig);
         // The leader's one signature is checked before the batch of client signatures, so a
         // message that is not the leader's costs one verification, not a thousand.
@@ -516,7 +522,9 @@ impl Verifier {
             checked.push(e);
         }
         let last = checked.last().expect("non-empty");
-        if last.entry.index != certificate.subject.index || last.hash != certificate.subject.entry_hash {
+        if last.entry.index != certificate.subject.index
+            || last.hash != certificate.subject.entry_hash
+        {
             return Err(VerifyError::Malformed {
                 what: "entries",
                 why: "the certificate does not prove the last entry",
@@ -537,16 +545,20 @@ impl Verifier {
             .ok_or(VerifyError::NonMember(reply.replica))?;
         let cid = self.cluster.cluster_id();
         let leaf = reply_leaf(cid, &reply.client, reply.ts, &reply.outcome);
-        let root = merkle::root_from_proof(cid, &leaf, &reply.proof).ok_or(VerifyError::Malformed {
-            what: "reply",
-            why: "inclusion proof does not fit its tree",
-        })?;
-        crypto::verify(key, &reply_batch_digest(cid, reply.replica, &root), &reply.sig).map_err(
-            |source| VerifyError::Signature {
+        let root =
+            merkle::root_from_proof(cid, &leaf, &reply.proof).ok_or(VerifyError::Malformed {
                 what: "reply",
-                source,
-            },
+                why: "inclusion proof does not fit its tree",
+            })?;
+        crypto::verify(
+            key,
+            &reply_batch_digest(cid, reply.replica, &root),
+            &reply.sig,
         )
+        .map_err(|source| VerifyError::Signature {
+            what: "reply",
+            source,
+        })
     }
 }
 

@@ -77,7 +77,10 @@ fn forged_tx_signature() {
     let mut tx = SignedTx::sign(c.cluster_id(), &client(), 1, b"op".to_vec());
     tx.op = b"other".to_vec();
     let err = v.verify_tx(tx).unwrap_err();
-    assert!(matches!(err, VerifyError::Signature { what: "tx", .. }), "{err}");
+    assert!(
+        matches!(err, VerifyError::Signature { what: "tx", .. }),
+        "{err}"
+    );
     assert_eq!(err.kind(), "bad-signature");
 }
 
@@ -88,15 +91,26 @@ fn replay_from_another_cluster_is_refused() {
     let (b, _) = cluster("b");
     let mut vb = Verifier::new(b.clone(), [0; 32]);
     let tx = SignedTx::sign(a.cluster_id(), &client(), 1, b"op".to_vec());
-    assert!(matches!(vb.verify_tx(tx.clone()), Err(VerifyError::Signature { .. })));
+    assert!(matches!(
+        vb.verify_tx(tx.clone()),
+        Err(VerifyError::Signature { .. })
+    ));
     let v = vote(&a, &keys[1], 1, Phase::PreAppend);
     assert!(matches!(
         vb.verify_message(ReplicaId(1), ReplicaMessage::Vote(v)),
         Err(VerifyError::Signature { what: "vote", .. })
     ));
     let p = proposal(&a, &keys[0], vec![tx]);
-    let err = vb.verify_message(ReplicaId(0), ReplicaMessage::PreAppend(p)).unwrap_err();
-    assert!(matches!(err, VerifyError::EntryTx { .. } | VerifyError::Signature { .. }), "{err}");
+    let err = vb
+        .verify_message(ReplicaId(0), ReplicaMessage::PreAppend(p))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::EntryTx { .. } | VerifyError::Signature { .. }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -115,7 +129,8 @@ fn non_members_are_refused() {
     let mut vt = vote(&c, &keys[1], 1, Phase::Append);
     vt.replica = ReplicaId(4);
     assert_eq!(
-        v.verify_message(ReplicaId(1), ReplicaMessage::Vote(vt)).unwrap_err(),
+        v.verify_message(ReplicaId(1), ReplicaMessage::Vote(vt))
+            .unwrap_err(),
         VerifyError::NonMember(ReplicaId(4))
     );
     // A member relaying another member's vote as its own is refused too.
@@ -130,24 +145,32 @@ fn non_members_are_refused() {
 fn short_or_forged_certificates_are_refused() {
     let (c, keys) = cluster("a");
     let mut v = Verifier::new(c.clone(), [0; 32]);
-    let votes: Vec<Vote> = (0..3).map(|i| vote(&c, &keys[i], i as u32, Phase::PreAppend)).collect();
+    let votes: Vec<Vote> = (0..3)
+        .map(|i| vote(&c, &keys[i], i as u32, Phase::PreAppend))
+        .collect();
     let cert = |sigs: Vec<(ReplicaId, Signature)>| Certificate {
         subject: votes[0].subject,
         sigs,
     };
     let short = cert(votes[..2].iter().map(|v| (v.replica, v.sig)).collect());
-    let err = v.verify_message(ReplicaId(0), ReplicaMessage::Append(short)).unwrap_err();
+    let err = v
+        .verify_message(ReplicaId(0), ReplicaMessage::Append(short))
+        .unwrap_err();
     assert!(matches!(
         err,
         VerifyError::Certificate(CertificateError::TooFewSignatures { got: 2, quorum: 3 })
     ));
     let mut dup: Vec<_> = votes.iter().map(|v| (v.replica, v.sig)).collect();
     dup.push(dup[0]);
-    let err = v.verify_message(ReplicaId(0), ReplicaMessage::Append(cert(dup))).unwrap_err();
+    let err = v
+        .verify_message(ReplicaId(0), ReplicaMessage::Append(cert(dup)))
+        .unwrap_err();
     assert_eq!(err.kind(), "bad-certificate");
     // A PC passed off as a CC.
     let pc = cert(votes.iter().map(|v| (v.replica, v.sig)).collect());
-    let err = v.verify_message(ReplicaId(0), ReplicaMessage::Commit(pc)).unwrap_err();
+    let err = v
+        .verify_message(ReplicaId(0), ReplicaMessage::Commit(pc))
+        .unwrap_err();
     assert!(matches!(
         err,
         VerifyError::Certificate(CertificateError::WrongPhase { .. })
@@ -160,7 +183,10 @@ fn oversized_input_is_refused_before_work() {
     let mut v = Verifier::new(c.clone(), [0; 32]);
     // An op above max_op_bytes.
     let tx = SignedTx::sign(c.cluster_id(), &client(), 1, vec![0; 2000]);
-    assert!(matches!(v.verify_tx(tx), Err(VerifyError::TooLarge { what: "op", .. })));
+    assert!(matches!(
+        v.verify_tx(tx),
+        Err(VerifyError::TooLarge { what: "op", .. })
+    ));
     // More txs than max_batch_txs in one entry.
     let txs = (1..=9)
         .map(|ts| SignedTx::sign(c.cluster_id(), &client(), ts, vec![1]))
@@ -168,12 +194,15 @@ fn oversized_input_is_refused_before_work() {
     let p = proposal(&c, &keys[0], txs);
     assert!(matches!(
         v.verify_message(ReplicaId(0), ReplicaMessage::PreAppend(p)),
-        Err(VerifyError::TooLarge { what: "batch tx count", .. })
+        Err(VerifyError::TooLarge {
+            what: "batch tx count",
+            ..
+        })
     ));
     // A message above max_message_bytes is not decoded at all.
     let huge = vec![0u8; (c.params().max_message_bytes + 1) as usize];
-    let err = codec::decode::<ReplicaMessage>(&huge, c.params().max_message_bytes as usize)
-        .unwrap_err();
+    let err =
+        codec::decode::<ReplicaMessage>(&huge, c.params().max_message_bytes as usize).unwrap_err();
     assert!(matches!(err, CodecError::TooLarge { .. }));
 }
 
@@ -196,7 +225,10 @@ fn malformed_messages_are_refused() {
     q.entry.prev_hash = Digest([1; 32]);
     assert!(matches!(
         v.verify_message(ReplicaId(0), ReplicaMessage::PreAppend(q)),
-        Err(VerifyError::Signature { what: "leader signature", .. })
+        Err(VerifyError::Signature {
+            what: "leader signature",
+            ..
+        })
     ));
     // The same tx twice in one entry.
     let p = proposal(&c, &keys[0], vec![tx.clone(), tx]);

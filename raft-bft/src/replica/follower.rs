@@ -151,12 +151,18 @@ impl<S: StateMachine> Replica<S> {
             self.request_fetch(from);
             return;
         }
-        let Some(slot) = self.log.get_mut(s.index) else { return };
+        let Some(slot) = self.log.get_mut(s.index) else {
+            return;
+        };
         if slot.entry.hash != s.entry_hash {
             self.refuse("prepared certificate for another entry than the one held");
             return;
         }
-        if slot.prepared.as_ref().is_none_or(|old| old.subject.term < s.term) {
+        if slot
+            .prepared
+            .as_ref()
+            .is_none_or(|old| old.subject.term < s.term)
+        {
             slot.prepared = Some(pc.clone());
             self.persist(PersistOp::Certificate(pc));
         }
@@ -168,8 +174,14 @@ impl<S: StateMachine> Replica<S> {
     fn vote_appends(&mut self, resend: Option<Index>) {
         let mut index = self.log.commit_index().next();
         while index <= self.log.tip() {
-            let Some(slot) = self.log.get(index) else { break };
-            let Some(pc) = slot.prepared.as_ref().filter(|pc| pc.subject.term == self.term) else {
+            let Some(slot) = self.log.get(index) else {
+                break;
+            };
+            let Some(pc) = slot
+                .prepared
+                .as_ref()
+                .filter(|pc| pc.subject.term == self.term)
+            else {
                 break;
             };
             let subject = VoteSubject {
@@ -212,7 +224,11 @@ impl<S: StateMachine> Replica<S> {
         }
         if s.index <= self.log.commit_index() {
             // Already committed: the leader retransmits because it lacks our Commit vote.
-            if let Some(vote) = self.votes.get(&(Phase::Commit, self.term, s.index)).copied() {
+            if let Some(vote) = self
+                .votes
+                .get(&(Phase::Commit, self.term, s.index))
+                .copied()
+            {
                 self.vote(vote);
             }
             return;
@@ -293,7 +309,11 @@ impl<S: StateMachine> Replica<S> {
                 // Try another peer each time: the one asked may be down or lying.
                 let n = self.cluster.n() as u32;
                 let next = ReplicaId((peer.0 + 1) % n);
-                let next = if next == self.id { ReplicaId((next.0 + 1) % n) } else { next };
+                let next = if next == self.id {
+                    ReplicaId((next.0 + 1) % n)
+                } else {
+                    next
+                };
                 self.request_fetch(next);
             }
         }
@@ -312,7 +332,12 @@ impl<S: StateMachine> Replica<S> {
         let mut bytes = 0u64;
         for i in from.0..=last.0 {
             let size: u64 = self.log.get(Index(i)).map_or(0, |s| {
-                s.entry.entry.txs.iter().map(|t| t.batch_bytes() as u64).sum()
+                s.entry
+                    .entry
+                    .txs
+                    .iter()
+                    .map(|t| t.batch_bytes() as u64)
+                    .sum()
             });
             if bytes + size > max && i > from.0 {
                 last = Index(i - 1);
@@ -320,7 +345,11 @@ impl<S: StateMachine> Replica<S> {
             }
             bytes += size;
         }
-        let Some(proved) = self.log.last_certified_at_or_below(last).filter(|i| *i >= from) else {
+        let Some(proved) = self
+            .log
+            .last_certified_at_or_below(last)
+            .filter(|i| *i >= from)
+        else {
             return;
         };
         let Some(certificate) = self.log.get(proved).and_then(|s| s.committed.clone()) else {

@@ -21,6 +21,8 @@ struct Inflight {
     /// The phase whose votes are being collected (Commit once the entry is committed).
     phase: Phase,
     votes: BTreeMap<ReplicaId, Signature>,
+    /// Replicas known to hold the entry (they voted for its PreAppend).
+    holders: BTreeSet<ReplicaId>,
     /// The newest certificate formed for it (PC, then CC).
     certificate: Option<Certificate>,
     /// Replicas that sent a Commit vote (they executed it).
@@ -95,7 +97,13 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if tx.tx.ts < last {
-            self.refuse_tx(&tx, Rejection::Stale { last_executed: last }, direct);
+            self.refuse_tx(
+                &tx,
+                Rejection::Stale {
+                    last_executed: last,
+                },
+                direct,
+            );
             return;
         }
         if let Err(reason) = self.exec.app.admit(&client, &tx.tx.op) {
@@ -131,11 +139,15 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn maybe_propose(&mut self) {
         let params = self.cluster.params().clone();
         loop {
-            let Some(leader) = self.leader.as_mut() else { return };
+            let Some(leader) = self.leader.as_mut() else {
+                return;
+            };
             if self.diverged.is_some() || leader.pipeline_len() >= params.pipeline_depth as usize {
                 return;
             }
-            let Some((oldest, _)) = leader.queue.front() else { return };
+            let Some((oldest, _)) = leader.queue.front() else {
+                return;
+            };
             let full = leader.queue.len() >= params.max_batch_txs as usize
                 || leader.queued_bytes as u64 >= params.max_batch_bytes;
             let expired = self.now >= oldest.after(params.max_batch_delay);
@@ -152,7 +164,9 @@ impl<S: StateMachine> Replica<S> {
                 {
                     break;
                 }
-                let Some((_, tx)) = leader.queue.pop_front() else { break };
+                let Some((_, tx)) = leader.queue.pop_front() else {
+                    break;
+                };
                 bytes += size;
                 leader.queued_bytes -= tx.tx.batch_bytes();
                 if leader.queued_ts.get(&tx.tx.client) == Some(&tx.tx.ts) {
@@ -174,9 +188,12 @@ impl<S: StateMachine> Replica<S> {
             txs,
         );
         let hash = entry.hash;
-        let leader_sig = self
-            .key
-            .sign(&pre_append_digest(&self.cluster_id, self.term, index, &hash));
+        let leader_sig = self.key.sign(&pre_append_digest(
+            &self.cluster_id,
+            self.term,
+            index,
+            &hash,
+        ));
         let proposal = PreAppend {
             term: self.term,
             entry: entry.entry.clone(),
@@ -189,7 +206,10 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.metrics.proposed_entries += 1;
-        self.send(Target::AllOthers, ReplicaMessage::PreAppend(proposal.clone()));
+        self.send(
+            Target::AllOthers,
+            ReplicaMessage::PreAppend(proposal.clone()),
+        );
         if let Some(leader) = self.leader.as_mut() {
             leader.inflight.insert(
                 index,
@@ -198,6 +218,7 @@ impl<S: StateMachine> Replica<S> {
                     proposal,
                     phase: Phase::PreAppend,
                     votes: BTreeMap::new(),
+                    holders: BTreeSet::new(),
                     certificate: None,
                     executed_by: BTreeSet::new(),
                     last_sent: self.now,
@@ -228,6 +249,9 @@ impl<S: StateMachine> Replica<S> {
         if flight.hash != s.entry_hash {
             self.refuse("vote for an entry the leader did not propose");
             return;
+        }
+        if s.phase == Phase::PreAppend {
+            flight.holders.insert(vote.replica);
         }
         if flight.phase != s.phase {
             return; // late vote of a finished phase
@@ -263,7 +287,9 @@ impl<S: StateMachine> Replica<S> {
     fn on_commit_vote(&mut self, vote: Vote) {
         let quorum = self.cluster.quorum();
         let commit_index = self.log.commit_index();
-        let Some(leader) = self.leader.as_mut() else { return };
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
         let s = vote.subject;
         let (Some(digest), true) = (s.state_digest, s.index > leader.last_ec) else {
             return;
@@ -299,13 +325,26 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Retransmits each phase's message to the replicas that have not answered it.
+    ///
+    /// A replica that missed the proposal also gets the PreAppend again (a certificate alone
+    /// does not give it the entry), and every replica that is behind gets the leader's newest
+    /// commit certificate: it commits what it holds, or learns how far to fetch. Without both, a
+    /// follower that missed a message of a finished phase could never vote again, and once more
+    /// than `f` followers are in that state the pipeline stalls for good.
     pub(super) fn leader_tick(&mut self) {
         let interval = self.cluster.params().heartbeat_interval;
         let n = self.cluster.n() as u32;
         let me = self.id;
         let now = self.now;
-        let Some(leader) = self.leader.as_mut() else { return };
+        let latest_cc = self
+            .log
+            .get(self.log.commit_index())
+            .and_then(|slot| slot.committed.clone());
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
         let mut resend = Vec::new();
+        let mut behind = BTreeSet::new();
         for flight in leader.inflight.values_mut() {
             if now < flight.last_sent.after(interval) {
                 continue;
@@ -322,9 +361,19 @@ impl<S: StateMachine> Replica<S> {
                 _ => continue,
             };
             for r in (0..n).map(ReplicaId) {
-                if r != me && !answered.contains(&r) {
-                    resend.push((r, message.clone()));
+                if r == me || answered.contains(&r) {
+                    continue;
                 }
+                behind.insert(r);
+                if flight.phase == Phase::Append && !flight.holders.contains(&r) {
+                    resend.push((r, ReplicaMessage::PreAppend(flight.proposal.clone())));
+                }
+                resend.push((r, message.clone()));
+            }
+        }
+        if let Some(cc) = latest_cc {
+            for r in behind {
+                resend.insert(0, (r, ReplicaMessage::Commit(cc.clone())));
             }
         }
         self.metrics.retransmissions += resend.len() as u64;

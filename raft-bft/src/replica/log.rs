@@ -42,7 +42,9 @@ impl Log {
     }
 
     pub(crate) fn tip_hash(&self) -> Digest {
-        self.slots.last().map_or(self.genesis_hash, |s| s.entry.hash)
+        self.slots
+            .last()
+            .map_or(self.genesis_hash, |s| s.entry.hash)
     }
 
     pub(crate) fn commit_index(&self) -> Index {
@@ -120,7 +122,10 @@ impl Log {
         let from = self.commit_index.0 + 1;
         (from..index.0).all(|i| {
             self.get(Index(i)).is_some_and(|s| {
-                s.committed.is_some() || s.prepared.as_ref().is_some_and(|pc| pc.subject.term >= term)
+                s.committed.is_some()
+                    || s.prepared
+                        .as_ref()
+                        .is_some_and(|pc| pc.subject.term >= term)
             })
         })
     }
@@ -136,7 +141,9 @@ impl Log {
 
     /// A committed-entry map for checkers.
     pub(crate) fn committed_entries(&self) -> impl Iterator<Item = &CheckedEntry> {
-        self.slots[..self.commit_index.0 as usize].iter().map(|s| &s.entry)
+        self.slots[..self.commit_index.0 as usize]
+            .iter()
+            .map(|s| &s.entry)
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -24,7 +24,9 @@ pub use outbox::{OutMessage, Ready, Target};
 
 use crate::crypto::KeyPair;
 use crate::manifest::Cluster;
-use crate::message::{Certificate, Entry, Outcome, Phase, Rejection, ReplicaMessage, Vote, VoteSubject};
+use crate::message::{
+    Certificate, Entry, Outcome, Phase, Rejection, ReplicaMessage, Vote, VoteSubject,
+};
 use crate::persist::{DurableState, PersistOp};
 use crate::state_machine::StateMachine;
 use crate::types::{Digest, Index, ReplicaId, Term, Time};
@@ -170,7 +172,11 @@ impl<S: StateMachine> Replica<S> {
                     why: "prev_hash does not match the entry below",
                 });
             }
-            let tx_ids = entry.txs.iter().map(|t| t.id(&self.cluster_id)).collect::<Vec<_>>();
+            let tx_ids = entry
+                .txs
+                .iter()
+                .map(|t| t.id(&self.cluster_id))
+                .collect::<Vec<_>>();
             let hash = crate::message::entry_hash(
                 &self.cluster_id,
                 entry.term,
@@ -201,7 +207,9 @@ impl<S: StateMachine> Replica<S> {
         // same client table. Replies were sent before the crash (or clients will retry).
         while self.exec.applied() < self.log.commit_index() {
             let next = self.exec.applied().next();
-            let Some(slot) = self.log.get(next) else { break };
+            let Some(slot) = self.log.get(next) else {
+                break;
+            };
             let done = self.exec.execute(&self.cluster_id, &slot.entry, None);
             self.metrics.executed_entries += 1;
             self.metrics.executed_txs += done.executed_txs as u64;
@@ -328,7 +336,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn reply_to_client(&mut self, client: crate::types::ClientId, ts: u64, outcome: Outcome) {
-        let reply = execution::single_reply(&self.cluster_id, &self.key, self.id, client, ts, outcome);
+        let reply =
+            execution::single_reply(&self.cluster_id, &self.key, self.id, client, ts, outcome);
         self.outbox.push(Out::Reply(reply));
     }
 
@@ -336,7 +345,9 @@ impl<S: StateMachine> Replica<S> {
     fn execute_committed(&mut self) {
         while self.diverged.is_none() && self.exec.applied() < self.log.commit_index() {
             let index = self.exec.applied().next();
-            let Some(slot) = self.log.get(index) else { break };
+            let Some(slot) = self.log.get(index) else {
+                break;
+            };
             let hash = slot.entry.hash;
             let done = self
                 .exec
@@ -372,7 +383,9 @@ impl<S: StateMachine> Replica<S> {
     fn check_execution_certificate(&mut self) {
         let Some(ec) = &self.latest_ec else { return };
         let index = ec.subject.index;
-        let Some(certified) = ec.subject.state_digest else { return };
+        let Some(certified) = ec.subject.state_digest else {
+            return;
+        };
         if index > self.exec.applied() || self.diverged.is_some() {
             return;
         }
@@ -394,7 +407,10 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn next_tick(&self) -> Option<Time> {
-        let leader = self.leader.as_ref().and_then(|l| l.next_deadline(&self.cluster));
+        let leader = self
+            .leader
+            .as_ref()
+            .and_then(|l| l.next_deadline(&self.cluster));
         let follower = self.follower.next_deadline(&self.cluster);
         match (leader, follower) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::message::{Reply, ReplicaMessage, Vote};
+use crate::message::{ReplicaMessage, Reply, Vote};
 use crate::persist::{PersistBatch, PersistOp};
 use crate::types::{ReplicaId, Time};
 
@@ -109,7 +109,11 @@ impl Outbox {
             return;
         }
         self.confirmed = id;
-        while self.held.front().is_some_and(|(req, _)| *req <= self.confirmed) {
+        while self
+            .held
+            .front()
+            .is_some_and(|(req, _)| *req <= self.confirmed)
+        {
             if let Some((_, out)) = self.held.pop_front() {
                 self.release(out);
             }

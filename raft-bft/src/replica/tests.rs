@@ -39,7 +39,9 @@ struct Fixture {
 
 impl Fixture {
     fn new(n: usize) -> Self {
-        let keys: Vec<KeyPair> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
+        let keys: Vec<KeyPair> = (0..n)
+            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+            .collect();
         let params = Params {
             max_batch_delay: std::time::Duration::from_millis(2),
             ..Params::default()
@@ -110,7 +112,8 @@ impl Fixture {
         let ids: Vec<_> = entry.txs.iter().map(|t| t.id(&self.cid())).collect();
         let hash = crate::message::entry_hash(&self.cid(), term, Index(index), &prev, &ids);
         let leader = self.cluster.leader_of(term).as_usize();
-        let leader_sig = self.keys[leader].sign(&pre_append_digest(&self.cid(), term, Index(index), &hash));
+        let leader_sig =
+            self.keys[leader].sign(&pre_append_digest(&self.cid(), term, Index(index), &hash));
         PreAppend {
             term,
             entry,
@@ -124,7 +127,8 @@ impl Fixture {
             sigs: signers
                 .iter()
                 .map(|i| {
-                    let v = Vote::sign(&self.cid(), &self.keys[*i as usize], ReplicaId(*i), subject);
+                    let v =
+                        Vote::sign(&self.cid(), &self.keys[*i as usize], ReplicaId(*i), subject);
                     (v.replica, v.sig)
                 })
                 .collect(),
@@ -174,11 +178,17 @@ fn leader_proposal_leaves_only_after_it_is_durable() {
     let batch = ready.persist.clone().expect("entry and vote to persist");
     assert!(matches!(batch.ops[0], PersistOp::Entry(_)));
     assert!(matches!(batch.ops[1], PersistOp::Vote(_)));
-    assert!(ready.messages.is_empty(), "nothing may leave before the entry is durable");
+    assert!(
+        ready.messages.is_empty(),
+        "nothing may leave before the entry is durable"
+    );
     leader.on_persisted(Time(11), batch.id);
     let ready = leader.ready();
     assert_eq!(ready.messages.len(), 1);
-    assert!(matches!(ready.messages[0].message, ReplicaMessage::PreAppend(_)));
+    assert!(matches!(
+        ready.messages[0].message,
+        ReplicaMessage::PreAppend(_)
+    ));
     assert_eq!(ready.messages[0].to, Target::AllOthers);
 }
 
@@ -195,7 +205,12 @@ fn follower_votes_after_persisting_and_refuses_bad_proposals() {
     let m = fx.wire(0, &ReplicaMessage::PreAppend(bad_chain));
     f.on_message(Time(1), ReplicaId(0), m);
     assert!(f.ready().persist.is_none());
-    assert_eq!(f.metrics().refused.get("pre-append does not chain to the log's tip"), Some(&1));
+    assert_eq!(
+        f.metrics()
+            .refused
+            .get("pre-append does not chain to the log's tip"),
+        Some(&1)
+    );
 
     // Good: entry + vote persisted, vote released only after confirmation.
     let m = fx.wire(0, &ReplicaMessage::PreAppend(good.clone()));
@@ -217,7 +232,9 @@ fn follower_votes_after_persisting_and_refuses_bad_proposals() {
     let ready = f.ready();
     assert!(ready.persist.is_none() && votes_in(&ready).is_empty());
     assert_eq!(
-        f.metrics().refused.get("pre-append conflicts with the entry held at its index"),
+        f.metrics()
+            .refused
+            .get("pre-append conflicts with the entry held at its index"),
         Some(&1)
     );
 
@@ -232,7 +249,12 @@ fn follower_votes_after_persisting_and_refuses_bad_proposals() {
     let m = fx.wire(0, &ReplicaMessage::PreAppend(replay));
     f.on_message(Time(5), ReplicaId(0), m);
     assert!(f.ready().persist.is_none());
-    assert_eq!(f.metrics().refused.get("pre-append holds a stale or repeated tx"), Some(&1));
+    assert_eq!(
+        f.metrics()
+            .refused
+            .get("pre-append holds a stale or repeated tx"),
+        Some(&1)
+    );
 }
 
 #[test]
@@ -252,7 +274,10 @@ fn proposals_from_a_non_leader_or_another_term_are_refused() {
     let m = fx.wire(1, &ReplicaMessage::PreAppend(p));
     f.on_message(Time(1), ReplicaId(1), m);
     assert!(f.ready().persist.is_none());
-    assert_eq!(f.metrics().refused.get("pre-append for another term"), Some(&1));
+    assert_eq!(
+        f.metrics().refused.get("pre-append for another term"),
+        Some(&1)
+    );
 }
 
 #[test]
@@ -305,16 +330,24 @@ fn append_votes_wait_for_every_lower_entry_to_be_prepared() {
     persist_all(&mut f, &r, &mut disk);
     let votes = votes_in(&f.ready());
     assert_eq!(
-        votes.iter().map(|v| (v.phase, v.index.0)).collect::<Vec<_>>(),
+        votes
+            .iter()
+            .map(|v| (v.phase, v.index.0))
+            .collect::<Vec<_>>(),
         vec![(Phase::Append, 1), (Phase::Append, 2)]
     );
 
     // A PC for another entry than the one held is refused.
-    let bogus = fx.certificate(subject(Phase::PreAppend, 1, Digest([5; 32]), None), &[0, 2, 3]);
+    let bogus = fx.certificate(
+        subject(Phase::PreAppend, 1, Digest([5; 32]), None),
+        &[0, 2, 3],
+    );
     let m = fx.wire(0, &ReplicaMessage::Append(bogus));
     f.on_message(Time(5), ReplicaId(0), m);
     assert_eq!(
-        f.metrics().refused.get("prepared certificate for another entry than the one held"),
+        f.metrics()
+            .refused
+            .get("prepared certificate for another entry than the one held"),
         Some(&1)
     );
 }
@@ -324,7 +357,12 @@ fn commit_certificate_executes_replies_and_votes_with_the_digest() {
     let mut fx = Fixture::new(4);
     let mut f = fx.replica(1, DurableState::default());
     let mut disk = DurableState::default();
-    let p1 = fx.pre_append(Term(0), 1, fx.cid(), vec![fx.signed(1, 1, b"a"), fx.signed(2, 1, b"b")]);
+    let p1 = fx.pre_append(
+        Term(0),
+        1,
+        fx.cid(),
+        vec![fx.signed(1, 1, b"a"), fx.signed(2, 1, b"b")],
+    );
     let m = fx.wire(0, &ReplicaMessage::PreAppend(p1));
     f.on_message(Time(1), ReplicaId(0), m);
     let h1 = f.entry_hash(Index(1)).unwrap();
@@ -336,7 +374,10 @@ fn commit_certificate_executes_replies_and_votes_with_the_digest() {
     assert_eq!(f.commit_index(), Index(1));
     assert_eq!(f.applied_index(), Index(1));
     let r = f.ready();
-    assert!(r.replies.is_empty(), "replies wait for the commit certificate to be durable");
+    assert!(
+        r.replies.is_empty(),
+        "replies wait for the commit certificate to be durable"
+    );
     persist_all(&mut f, &r, &mut disk);
     let r = f.ready();
     assert_eq!(r.replies.len(), 2);
@@ -349,11 +390,17 @@ fn commit_certificate_executes_replies_and_votes_with_the_digest() {
     assert_eq!(votes[0].state_digest, Some(f.state_digest()));
 
     // A matching execution certificate is fine; a different digest is divergence.
-    let ec = fx.certificate(subject(Phase::Commit, 1, h1, Some(f.state_digest())), &[0, 2, 3]);
+    let ec = fx.certificate(
+        subject(Phase::Commit, 1, h1, Some(f.state_digest())),
+        &[0, 2, 3],
+    );
     let m = fx.wire(0, &ReplicaMessage::Executed(ec));
     f.on_message(Time(3), ReplicaId(0), m);
     assert!(f.divergence().is_none());
-    let bad = fx.certificate(subject(Phase::Commit, 1, h1, Some(Digest([1; 32]))), &[0, 2, 3]);
+    let bad = fx.certificate(
+        subject(Phase::Commit, 1, h1, Some(Digest([1; 32]))),
+        &[0, 2, 3],
+    );
     let mut g = fx.replica(2, disk.clone());
     let m = fx.wire(0, &ReplicaMessage::Executed(bad));
     g.on_message(Time(3), ReplicaId(0), m);
@@ -384,7 +431,9 @@ fn a_restarted_replica_never_votes_twice_for_one_slot() {
     persist_all(&mut f, &r, &mut disk);
     assert!(votes_in(&f.ready()).is_empty());
     assert_eq!(
-        f.metrics().refused.get("would vote twice for one (phase, term, index)"),
+        f.metrics()
+            .refused
+            .get("would vote twice for one (phase, term, index)"),
         Some(&1)
     );
 }
@@ -414,7 +463,11 @@ fn client_admission_refusals_and_cached_replies() {
 }
 
 /// Runs a whole cluster in memory with instant delivery and persistence.
-fn run_cluster(fx: &mut Fixture, replicas: &mut [Replica<Recorder>], txs: Vec<Verified<CheckedTx>>) -> Vec<Reply> {
+fn run_cluster(
+    fx: &mut Fixture,
+    replicas: &mut [Replica<Recorder>],
+    txs: Vec<Verified<CheckedTx>>,
+) -> Vec<Reply> {
     let mut disks = vec![DurableState::default(); replicas.len()];
     let mut replies = Vec::new();
     let mut now = 0u64;
@@ -448,7 +501,12 @@ fn run_cluster(fx: &mut Fixture, replicas: &mut [Replica<Recorder>], txs: Vec<Ve
                 replicas[t as usize].on_message(Time(now), ReplicaId(from), verified.clone());
             }
         }
-        if idle && replicas.iter().all(|r| !r.persistence_outstanding() && r.held_messages() == 0) && now > 10_000 {
+        if idle
+            && replicas
+                .iter()
+                .all(|r| !r.persistence_outstanding() && r.held_messages() == 0)
+            && now > 10_000
+        {
             break;
         }
     }
@@ -458,7 +516,9 @@ fn run_cluster(fx: &mut Fixture, replicas: &mut [Replica<Recorder>], txs: Vec<Ve
 #[test]
 fn a_cluster_commits_executes_once_and_agrees() {
     let mut fx = Fixture::new(4);
-    let mut replicas: Vec<_> = (0..4).map(|i| fx.replica(i, DurableState::default())).collect();
+    let mut replicas: Vec<_> = (0..4)
+        .map(|i| fx.replica(i, DurableState::default()))
+        .collect();
     let mut txs = Vec::new();
     for client in 0..10u8 {
         for ts in 1..=5u64 {
@@ -469,7 +529,13 @@ fn a_cluster_commits_executes_once_and_agrees() {
     txs.push(fx.tx(3, 5, &[3, 5]));
     let replies = run_cluster(&mut fx, &mut replicas, txs);
     for r in &replicas {
-        assert_eq!(r.app().0.len(), 50, "replica {} executed {}", r.id(), r.app().0.len());
+        assert_eq!(
+            r.app().0.len(),
+            50,
+            "replica {} executed {}",
+            r.id(),
+            r.app().0.len()
+        );
         assert_eq!(r.state_digest(), replicas[0].state_digest());
         assert_eq!(r.commit_index(), replicas[0].commit_index());
         assert!(r.latest_execution_certificate().is_some());
