@@ -70,7 +70,8 @@ impl Domain {
 /// `blake3::Hasher` is about 2 KB, too large to carry through a builder on the hot path.
 pub struct Transcript {
     key: [u8; 32],
-    buf: Vec<u8>,
+    /// Inline for the common small transcripts (votes, tx ids of small ops, reply leaves).
+    buf: smallvec::SmallVec<[u8; 128]>,
 }
 
 const DOMAINS: [Domain; 9] = [
@@ -133,7 +134,7 @@ impl Transcript {
     pub fn new(domain: Domain, cluster_id: &Digest) -> Self {
         Transcript {
             key: cached_key(domain, cluster_id),
-            buf: Vec::with_capacity(128),
+            buf: smallvec::SmallVec::new(),
         }
     }
 
@@ -173,6 +174,15 @@ impl Transcript {
         self
     }
 
+    /// `H(domain, cluster_id, left || right)` for two 32-byte values, without allocating: the
+    /// same digest as `Transcript::new(domain, cluster_id).fixed32(left).fixed32(right)`.
+    pub fn hash_pair(domain: Domain, cluster_id: &Digest, left: &Digest, right: &Digest) -> Digest {
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&left.0);
+        block[32..].copy_from_slice(&right.0);
+        Digest(*blake3::keyed_hash(&cached_key(domain, cluster_id), &block).as_bytes())
+    }
+
     /// The digest of everything appended.
     pub fn finish(self) -> Digest {
         Digest(*blake3::keyed_hash(&self.key, &self.buf).as_bytes())
@@ -198,6 +208,19 @@ mod transcript_tests {
         for (i, d) in DOMAINS.iter().enumerate() {
             assert_eq!(slot(*d), i);
         }
+    }
+
+    #[test]
+    fn hash_pair_matches_the_builder() {
+        let c = Digest([1; 32]);
+        let (l, r) = (Digest([2; 32]), Digest([3; 32]));
+        assert_eq!(
+            Transcript::hash_pair(Domain::MerkleNode, &c, &l, &r),
+            Transcript::new(Domain::MerkleNode, &c)
+                .fixed32(&l.0)
+                .fixed32(&r.0)
+                .finish()
+        );
     }
 
     #[test]

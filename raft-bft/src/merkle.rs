@@ -13,10 +13,7 @@ use crate::crypto::{Domain, Transcript};
 use crate::types::Digest;
 
 fn node_hash(cluster_id: &Digest, left: &Digest, right: &Digest) -> Digest {
-    Transcript::new(Domain::MerkleNode, cluster_id)
-        .fixed32(&left.0)
-        .fixed32(&right.0)
-        .finish()
+    Transcript::hash_pair(Domain::MerkleNode, cluster_id, left, right)
 }
 
 /// The Merkle root of `leaves`. An odd node at the end of a level is carried up unchanged.
@@ -47,7 +44,47 @@ pub struct MerkleProof {
     /// The number of leaves in the tree.
     pub leaf_count: u32,
     /// Sibling hashes, bottom-up; levels where the node has no sibling are skipped.
+    #[serde(with = "packed_digests")]
     pub siblings: Vec<Digest>,
+}
+
+/// Most siblings a proof can need: a tree of at most `u32::MAX` leaves has 32 levels.
+pub const MAX_PROOF_SIBLINGS: usize = 32;
+
+/// Sibling hashes travel as one byte string (32 bytes each): one length header instead of one
+/// per hash, which makes replies smaller and cheaper to encode.
+mod packed_digests {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use super::MAX_PROOF_SIBLINGS;
+    use crate::types::Digest;
+
+    pub(super) fn serialize<S: Serializer>(digests: &[Digest], s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(digests.len() * 32);
+        for d in digests {
+            bytes.extend_from_slice(&d.0);
+        }
+        s.serialize_bytes(&bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Digest>, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        if bytes.len() % 32 != 0 || bytes.len() > MAX_PROOF_SIBLINGS * 32 {
+            return Err(D::Error::custom(format!(
+                "a proof's siblings take a multiple of 32 bytes, at most {}; got {}",
+                MAX_PROOF_SIBLINGS * 32,
+                bytes.len()
+            )));
+        }
+        Ok(bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(c);
+                Digest(d)
+            })
+            .collect())
+    }
 }
 
 /// Builds the tree once and hands out proofs for each leaf.
@@ -167,6 +204,23 @@ mod tests {
         let cid = Digest([1; 32]);
         assert_ne!(root(&cid, &a), root(&cid, &b));
         assert_ne!(root(&cid, &a), root(&Digest([2; 32]), &a));
+    }
+
+    #[test]
+    fn proofs_encode_compactly_and_refuse_bad_sibling_bytes() {
+        let cid = Digest([1; 32]);
+        let ls = leaves(1024);
+        let proof = MerkleTree::new(&cid, &ls).proof(5).unwrap();
+        let bytes = crate::codec::encode(&proof).unwrap();
+        assert!(bytes.len() < 10 * 32 + 16, "{} bytes", bytes.len());
+        assert_eq!(
+            crate::codec::decode::<MerkleProof>(&bytes, 1024).unwrap(),
+            proof
+        );
+        // 33 bytes of siblings is not a whole number of hashes.
+        let bad =
+            crate::codec::encode(&(1u32, 2u32, serde_bytes::ByteBuf::from(vec![0u8; 33]))).unwrap();
+        assert!(crate::codec::decode::<MerkleProof>(&bad, 1024).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Wire messages and the exact bytes each signature covers.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Domain, KeyPair, Transcript};
@@ -175,8 +177,8 @@ pub struct Certificate {
 pub struct PreAppend {
     /// The leader's term.
     pub term: Term,
-    /// The proposed entry.
-    pub entry: Entry,
+    /// The proposed entry (shared: a large batch is not copied to send or persist it).
+    pub entry: Arc<Entry>,
     /// The leader's signature over `(term, index, entry hash)`.
     pub leader_sig: Signature,
 }
@@ -220,7 +222,7 @@ pub enum ReplicaMessage {
     /// Committed entries, consecutive and hash-chained; `certificate` is the CC of the last one.
     Entries {
         /// The entries, in index order.
-        entries: Vec<Entry>,
+        entries: Vec<Arc<Entry>>,
         /// The commit certificate of the last entry.
         certificate: Certificate,
     },

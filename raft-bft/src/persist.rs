@@ -5,6 +5,7 @@
 //! (see [`crate::replica::Replica::on_persisted`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::message::{Certificate, Entry, Phase, VoteSubject};
 use crate::types::{Index, Term};
@@ -13,7 +14,7 @@ use crate::types::{Index, Term};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PersistOp {
     /// Store the entry at `entry.index` (the log's tip + 1, after any truncation).
-    Entry(Entry),
+    Entry(Arc<Entry>),
     /// Remember that this replica voted for `subject` (it must never vote otherwise at the same
     /// `(phase, term, index)`, even after a restart).
     Vote(VoteSubject),
@@ -39,7 +40,7 @@ pub struct PersistBatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DurableState {
     /// Log entries by index (contiguous from 1).
-    pub entries: BTreeMap<Index, Entry>,
+    pub entries: BTreeMap<Index, Arc<Entry>>,
     /// Votes cast, by `(phase, term, index)`.
     pub votes: BTreeMap<(Phase, Term, Index), VoteSubject>,
     /// Certificates by `(phase, index)`; the highest-term one is kept.

@@ -49,7 +49,7 @@ pub struct CheckedTx {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedEntry {
     /// The entry.
-    pub entry: Entry,
+    pub entry: Arc<Entry>,
     /// Its hash.
     pub hash: Digest,
     /// The ids of its txs, in order.
@@ -68,12 +68,12 @@ impl CheckedEntry {
         let tx_ids: Vec<TxId> = txs.iter().map(|t| t.id).collect();
         let hash = entry_hash(cluster_id, term, index, &prev_hash, &tx_ids);
         CheckedEntry {
-            entry: Entry {
+            entry: Arc::new(Entry {
                 term,
                 index,
                 prev_hash,
                 txs: txs.into_iter().map(|t| t.tx).collect(),
-            },
+            }),
             hash,
             tx_ids,
         }
@@ -299,7 +299,17 @@ impl Verifier {
     }
 
     /// Verifies an entry: sizes, and every tx signature in one batch.
-    pub fn verify_entry(&mut self, entry: Entry) -> Result<CheckedEntry, VerifyError> {
+    pub fn verify_entry(
+        &mut self,
+        entry: impl Into<Arc<Entry>>,
+    ) -> Result<CheckedEntry, VerifyError> {
+        let unsigned = self.check_entry_shape(entry.into())?;
+        self.verify_entry_signatures(unsigned)
+    }
+
+    /// The cheap checks of an entry (sizes, index, distinct txs), its tx ids and its hash: all
+    /// but the signatures.
+    fn check_entry_shape(&self, entry: Arc<Entry>) -> Result<CheckedEntry, VerifyError> {
         let params = self.cluster.params();
         if entry.txs.len() > params.max_batch_txs as usize {
             return Err(VerifyError::TooLarge {
@@ -322,37 +332,22 @@ impl Verifier {
                 why: "index 0 is the genesis entry",
             });
         }
-        let cid = *self.cluster.cluster_id();
         let limit = params.max_op_bytes as usize;
-        let mut batch = BatchVerifier::with_capacity(entry.txs.len());
-        let mut tx_ids = Vec::with_capacity(entry.txs.len());
-        let mut distinct = HashSet::with_capacity(entry.txs.len());
-        for tx in &entry.txs {
-            if tx.op.len() > limit {
-                return Err(VerifyError::TooLarge {
-                    what: "op",
-                    size: tx.op.len() as u64,
-                    limit: limit as u64,
-                });
-            }
-            let id = tx.id(&cid);
-            if !distinct.insert(id) {
-                return Err(VerifyError::Malformed {
-                    what: "entry",
-                    why: "the same tx appears twice",
-                });
-            }
-            batch.push(tx.client, id, tx.sig);
-            tx_ids.push(id);
+        if let Some(tx) = entry.txs.iter().find(|tx| tx.op.len() > limit) {
+            return Err(VerifyError::TooLarge {
+                what: "op",
+                size: tx.op.len() as u64,
+                limit: limit as u64,
+            });
         }
-        for (position, verdict) in batch.verify(&mut self.rng).into_iter().enumerate() {
-            if let Err(source) = verdict {
-                return Err(VerifyError::EntryTx {
-                    index: entry.index,
-                    position,
-                    source,
-                });
-            }
+        let cid = *self.cluster.cluster_id();
+        let tx_ids: Vec<TxId> = entry.txs.iter().map(|tx| tx.id(&cid)).collect();
+        let mut distinct = HashSet::with_capacity(tx_ids.len());
+        if !tx_ids.iter().all(|id| distinct.insert(*id)) {
+            return Err(VerifyError::Malformed {
+                what: "entry",
+                why: "the same tx appears twice",
+            });
         }
         let hash = entry_hash(&cid, entry.term, entry.index, &entry.prev_hash, &tx_ids);
         Ok(CheckedEntry {
@@ -360,6 +355,27 @@ impl Verifier {
             hash,
             tx_ids,
         })
+    }
+
+    /// Batch-verifies the client signatures of an entry whose shape was checked.
+    fn verify_entry_signatures(
+        &mut self,
+        entry: CheckedEntry,
+    ) -> Result<CheckedEntry, VerifyError> {
+        let mut batch = BatchVerifier::with_capacity(entry.tx_ids.len());
+        for (tx, id) in entry.entry.txs.iter().zip(&entry.tx_ids) {
+            batch.push(tx.client, *id, tx.sig);
+        }
+        for (position, verdict) in batch.verify(&mut self.rng).into_iter().enumerate() {
+            if let Err(source) = verdict {
+                return Err(VerifyError::EntryTx {
+                    index: entry.entry.index,
+                    position,
+                    source,
+                });
+            }
+        }
+        Ok(entry)
     }
 
     /// Checks a certificate of the `expected` phase: at least `q` valid signatures of distinct
@@ -452,23 +468,18 @@ impl Verifier {
         let (term, leader_sig) = (p.term, p.leader_sig);
         // The leader's one signature is checked before the batch of client signatures, so a
         // message that is not the leader's costs one verification, not a thousand.
-        let cid = *self.cluster.cluster_id();
-        let e = &p.entry;
-        if e.txs.len() > self.cluster.params().max_batch_txs as usize {
-            return Err(VerifyError::TooLarge {
-                what: "batch tx count",
-                size: e.txs.len() as u64,
-                limit: u64::from(self.cluster.params().max_batch_txs),
-            });
-        }
-        let ids: Vec<TxId> = e.txs.iter().map(|t| t.id(&cid)).collect();
-        let hash = entry_hash(&cid, e.term, e.index, &e.prev_hash, &ids);
-        let digest = pre_append_digest(&cid, term, e.index, &hash);
+        let entry = self.check_entry_shape(p.entry)?;
+        let digest = pre_append_digest(
+            self.cluster.cluster_id(),
+            term,
+            entry.entry.index,
+            &entry.hash,
+        );
         crypto::verify(&key, &digest, &leader_sig).map_err(|source| VerifyError::Signature {
             what: "leader signature",
             source,
         })?;
-        let entry = self.verify_entry(p.entry)?;
+        let entry = self.verify_entry_signatures(entry)?;
         Ok(VerifiedMessage::PreAppend {
             term,
             entry,
@@ -496,7 +507,7 @@ impl Verifier {
 
     fn verify_entries(
         &mut self,
-        entries: Vec<Entry>,
+        entries: Vec<Arc<Entry>>,
         certificate: Certificate,
     ) -> Result<VerifiedMessage, VerifyError> {
         if entries.is_empty() || entries.len() > MAX_ENTRIES_PER_MESSAGE {

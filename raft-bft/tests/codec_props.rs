@@ -127,7 +127,7 @@ fn replica_message() -> impl Strategy<Value = ReplicaMessage> {
         (term(), entry(), signature()).prop_map(|(term, entry, leader_sig)| {
             ReplicaMessage::PreAppend(PreAppend {
                 term,
-                entry,
+                entry: entry.into(),
                 leader_sig,
             })
         }),
@@ -139,7 +139,7 @@ fn replica_message() -> impl Strategy<Value = ReplicaMessage> {
         (index(), index()).prop_map(|(from, to)| ReplicaMessage::FetchEntries { from, to }),
         (vec(entry(), 0..3), certificate()).prop_map(|(entries, certificate)| {
             ReplicaMessage::Entries {
-                entries,
+                entries: entries.into_iter().map(Into::into).collect(),
                 certificate,
             }
         }),

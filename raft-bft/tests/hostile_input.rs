@@ -55,7 +55,7 @@ fn proposal(cluster: &Cluster, leader: &KeyPair, txs: Vec<SignedTx>) -> PreAppen
     PreAppend {
         term: Term(0),
         leader_sig: leader.sign(&pre_append_digest(cid, Term(0), Index(1), &hash)),
-        entry,
+        entry: entry.into(),
     }
 }
 
@@ -222,7 +222,7 @@ fn malformed_messages_are_refused() {
     ));
     // A leader signature over another entry.
     let mut q = p.clone();
-    q.entry.prev_hash = Digest([1; 32]);
+    std::sync::Arc::make_mut(&mut q.entry).prev_hash = Digest([1; 32]);
     assert!(matches!(
         v.verify_message(ReplicaId(0), ReplicaMessage::PreAppend(q)),
         Err(VerifyError::Signature {

@@ -1,8 +1,9 @@
 //! Execution of committed entries: exactly-once per `(client, ts)`, the per-client reply table,
 //! the running state digest, and batched signed replies.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use super::HashMap;
 use crate::crypto::{Domain, KeyPair, Transcript};
 use crate::merkle::MerkleTree;
 use crate::message::{reply_batch_digest, reply_leaf, Outcome, Reply};
@@ -42,7 +43,7 @@ impl<S: StateMachine> Execution<S> {
             app,
             applied: Index(0),
             digest: *cluster_id,
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             history: BTreeMap::new(),
         }
     }
@@ -88,22 +89,21 @@ impl<S: StateMachine> Execution<S> {
         let mut answered = Vec::with_capacity(entry.entry.txs.len());
         let mut skipped_txs = 0;
         for tx in &entry.entry.txs {
-            let last = self.last_executed_ts(&tx.client);
-            if tx.ts <= last {
+            if tx.ts <= self.last_executed_ts(&tx.client) {
                 skipped_txs += 1;
                 continue;
             }
             let result = self.app.apply(&tx.client, &tx.op);
             let outcome = Outcome::Executed { index, result };
             leaves.push(reply_leaf(cluster_id, &tx.client, tx.ts, &outcome));
-            answered.push((tx.client, tx.ts, outcome.clone()));
             self.clients.insert(
                 tx.client,
                 ClientRecord {
                     last_ts: tx.ts,
-                    outcome,
+                    outcome: outcome.clone(),
                 },
             );
+            answered.push((tx.client, tx.ts, outcome));
         }
         let tree = MerkleTree::new(cluster_id, &leaves);
         let results_root = tree.root(cluster_id);

@@ -3,7 +3,9 @@
 //! fetching committed entries.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use super::HashMap;
 use super::{Replica, Target};
 use crate::manifest::Cluster;
 use crate::message::{Certificate, Phase, ReplicaMessage, VoteSubject};
@@ -86,7 +88,7 @@ impl<S: StateMachine> Replica<S> {
             self.refuse("pre-append holds a stale or repeated tx");
             return false;
         }
-        self.persist(PersistOp::Entry(entry.entry.clone()));
+        self.persist(PersistOp::Entry(Arc::clone(&entry.entry)));
         self.log.push(entry);
         if !self.vote(subject) {
             return false;
@@ -98,7 +100,8 @@ impl<S: StateMachine> Replica<S> {
     /// Every tx's `ts` is above its client's last executed and pending ones, and increases
     /// within the entry.
     fn txs_fresh(&self, entry: &CheckedEntry) -> bool {
-        let mut seen: BTreeMap<_, u64> = BTreeMap::new();
+        let mut seen: HashMap<_, u64> =
+            HashMap::with_capacity_and_hasher(entry.entry.txs.len(), Default::default());
         entry.entry.txs.iter().all(|tx| {
             let floor = seen.get(&tx.client).copied().unwrap_or_else(|| {
                 self.exec
@@ -356,7 +359,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         };
         let entries = (from.0..=proved.0)
-            .filter_map(|i| self.log.get(Index(i)).map(|s| s.entry.entry.clone()))
+            .filter_map(|i| self.log.get(Index(i)).map(|s| Arc::clone(&s.entry.entry)))
             .collect();
         self.send(
             Target::Replica(peer),
@@ -391,7 +394,7 @@ impl<S: StateMachine> Replica<S> {
                 self.refuse("fetched entries do not extend the log");
                 return;
             }
-            self.persist(PersistOp::Entry(entry.entry.clone()));
+            self.persist(PersistOp::Entry(Arc::clone(&entry.entry)));
             self.log.push(entry);
         }
         self.follower.fetch = None;

@@ -1,9 +1,11 @@
 //! The leader's side: admission, batching, pipelining, vote collection, certificates and
 //! retransmission.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use super::log::Log;
+use super::HashMap;
 use super::{Replica, Target};
 use crate::manifest::Cluster;
 use crate::message::{
@@ -46,7 +48,7 @@ impl LeaderState {
         LeaderState {
             queue: VecDeque::new(),
             queued_bytes: 0,
-            queued_ts: HashMap::new(),
+            queued_ts: HashMap::default(),
             inflight: BTreeMap::new(),
             exec_tally: BTreeMap::new(),
             last_ec: log.commit_index(),
@@ -196,7 +198,7 @@ impl<S: StateMachine> Replica<S> {
         ));
         let proposal = PreAppend {
             term: self.term,
-            entry: entry.entry.clone(),
+            entry: Arc::clone(&entry.entry),
             leader_sig,
         };
         // The leader accepts its own proposal through the follower path: same checks, and the

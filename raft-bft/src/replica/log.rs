@@ -1,7 +1,6 @@
 //! The replica's in-memory log: entries with their certificates, hash-chained from genesis.
 
-use std::collections::HashMap;
-
+use super::HashMap;
 use crate::message::Certificate;
 use crate::types::{ClientId, Digest, Index, Term};
 use crate::verify::CheckedEntry;
@@ -33,7 +32,7 @@ impl Log {
             genesis_hash,
             slots: Vec::new(),
             commit_index: Index(0),
-            highest_ts: HashMap::new(),
+            highest_ts: HashMap::default(),
         }
     }
 

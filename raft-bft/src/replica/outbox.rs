@@ -56,7 +56,7 @@ impl Ready {
 #[derive(Debug)]
 pub(crate) enum Out {
     Message(OutMessage),
-    Reply(Reply),
+    Replies(Vec<Reply>),
     Loopback(Vote),
 }
 
@@ -99,7 +99,7 @@ impl Outbox {
     fn release(&mut self, out: Out) {
         match out {
             Out::Message(m) => self.released.push(m),
-            Out::Reply(r) => self.replies.push(r),
+            Out::Replies(mut r) => self.replies.append(&mut r),
             Out::Loopback(m) => self.loopback.push_back(m),
         }
     }

@@ -116,7 +116,7 @@ impl Fixture {
             self.keys[leader].sign(&pre_append_digest(&self.cid(), term, Index(index), &hash));
         PreAppend {
             term,
-            entry,
+            entry: Arc::new(entry),
             leader_sig,
         }
     }

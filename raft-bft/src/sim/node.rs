@@ -207,12 +207,12 @@ mod tests {
     fn votes_and_proposals_must_be_durable_before_they_leave() {
         let mut disk = Disk::default();
         let s = subject(Phase::PreAppend, 1, 1);
-        let entry = Entry {
+        let entry = std::sync::Arc::new(Entry {
             term: Term(0),
             index: Index(1),
             prev_hash: Digest::ZERO,
             txs: vec![],
-        };
+        });
         let proposal = ReplicaMessage::PreAppend(PreAppend {
             term: Term(0),
             entry: entry.clone(),
@@ -251,7 +251,7 @@ mod tests {
         let proposal = |txs: usize| {
             ReplicaMessage::PreAppend(PreAppend {
                 term: Term(0),
-                entry: Entry {
+                entry: std::sync::Arc::new(Entry {
                     term: Term(0),
                     index: Index(4),
                     prev_hash: Digest::ZERO,
@@ -264,7 +264,7 @@ mod tests {
                         };
                         txs
                     ],
-                },
+                }),
                 leader_sig: Signature([0; 64]),
             })
         };
