@@ -33,6 +33,11 @@ pub struct Params {
     pub max_op_bytes: u32,
     /// The leader queues at most this many admitted txs waiting for a batch.
     pub max_pending_txs: u32,
+    /// ... and at most this many of them from one client, so that one client cannot take the
+    /// whole queue.
+    pub max_pending_txs_per_client: u32,
+    /// ... and at most this many bytes of them (as counted against `max_batch_bytes`).
+    pub max_pending_bytes: u64,
 }
 
 impl Default for Params {
@@ -51,6 +56,8 @@ impl Default for Params {
             max_message_bytes: 16 << 20,
             max_op_bytes: 64 << 10,
             max_pending_txs: 100_000,
+            max_pending_txs_per_client: 16,
+            max_pending_bytes: 64 << 20,
         }
     }
 }
@@ -77,6 +84,12 @@ impl Params {
         }
         if self.heartbeat_interval.is_zero() || self.election_timeout <= self.heartbeat_interval {
             return Err("election_timeout must exceed a non-zero heartbeat_interval".into());
+        }
+        if self.max_pending_txs == 0 || self.max_pending_txs_per_client == 0 {
+            return Err("max_pending_txs and max_pending_txs_per_client must be at least 1".into());
+        }
+        if self.max_pending_bytes < self.max_batch_bytes {
+            return Err("max_pending_bytes must hold at least one full batch".into());
         }
         if self.checkpoint_interval == 0 {
             return Err("checkpoint_interval must be at least 1".into());

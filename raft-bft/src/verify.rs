@@ -518,11 +518,11 @@ impl Verifier {
             });
         }
         self.verify_certificate(&certificate, Phase::Append)?;
-        let mut checked = Vec::with_capacity(entries.len());
+        // Shapes, chain and certificate first (hashing only); client signatures last.
+        let mut shaped: Vec<CheckedEntry> = Vec::with_capacity(entries.len());
         for e in entries {
-            let e = self.verify_entry(e)?;
-            if let Some(prev) = checked.last() {
-                let prev: &CheckedEntry = prev;
+            let e = self.check_entry_shape(e)?;
+            if let Some(prev) = shaped.last() {
                 if e.entry.index != prev.entry.index.next() || e.entry.prev_hash != prev.hash {
                     return Err(VerifyError::Malformed {
                         what: "entries",
@@ -530,19 +530,24 @@ impl Verifier {
                     });
                 }
             }
-            checked.push(e);
+            shaped.push(e);
         }
-        let last = checked.last().expect("non-empty");
-        if last.entry.index != certificate.subject.index
-            || last.hash != certificate.subject.entry_hash
-        {
+        let proves_last = shaped.last().is_some_and(|last| {
+            last.entry.index == certificate.subject.index
+                && last.hash == certificate.subject.entry_hash
+        });
+        if !proves_last {
             return Err(VerifyError::Malformed {
                 what: "entries",
                 why: "the certificate does not prove the last entry",
             });
         }
+        let entries = shaped
+            .into_iter()
+            .map(|e| self.verify_entry_signatures(e))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(VerifiedMessage::Entries {
-            entries: checked,
+            entries,
             certificate,
         })
     }

@@ -214,8 +214,9 @@ fn params() -> impl Strategy<Value = Params> {
             any::<u32>(),
             any::<u32>(),
         ),
+        (any::<u32>(), any::<u64>()),
     )
-        .prop_map(|(a, b)| Params {
+        .prop_map(|(a, b, c)| Params {
             max_batch_txs: a.0,
             max_batch_bytes: a.1,
             max_batch_delay: a.2,
@@ -229,6 +230,8 @@ fn params() -> impl Strategy<Value = Params> {
             max_message_bytes: b.4,
             max_op_bytes: b.5,
             max_pending_txs: b.6,
+            max_pending_txs_per_client: c.0,
+            max_pending_bytes: c.1,
         })
 }
 

@@ -23,6 +23,13 @@ pub(crate) struct FollowerState {
     early_certificates: BTreeMap<(Index, Phase), Certificate>,
     /// When the outstanding fetch was sent, and to whom.
     fetch: Option<(Time, ReplicaId)>,
+    /// Whom to ask next: the leader at first, then the next replica after each timeout. Only a
+    /// peer that answered a fetch with progress is asked again at once, so a peer that sends
+    /// useless or unsolicited answers cannot hold the fetch.
+    fetch_peer: Option<ReplicaId>,
+    /// Per peer, when this replica last served it and the range's first index: bounds what a
+    /// peer can make this replica send.
+    served: BTreeMap<ReplicaId, (Time, Index)>,
 }
 
 impl FollowerState {
@@ -88,6 +95,16 @@ impl<S: StateMachine> Replica<S> {
             self.refuse("pre-append holds a stale or repeated tx");
             return false;
         }
+        if self
+            .votes
+            .get(&(Phase::PreAppend, term, index))
+            .is_some_and(|prev| *prev != subject)
+        {
+            // Checked before anything is kept: an entry this replica may not vote for must not
+            // enter its log either.
+            self.refuse("would vote twice for one (phase, term, index)");
+            return false;
+        }
         self.persist(PersistOp::Entry(Arc::clone(&entry.entry)));
         self.log.push(entry);
         if !self.vote(subject) {
@@ -125,10 +142,9 @@ impl<S: StateMachine> Replica<S> {
             .collect();
         for key in ready {
             if let Some(cert) = self.follower.early_certificates.remove(&key) {
-                let id = self.id;
                 match key.1 {
-                    Phase::PreAppend => self.on_prepared(id, cert),
-                    Phase::Append => self.on_committed(id, cert),
+                    Phase::PreAppend => self.on_prepared(cert),
+                    Phase::Append => self.on_committed(cert),
                     Phase::Commit => {}
                 }
             }
@@ -140,7 +156,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Handles a prepared certificate (an Append message).
-    pub(super) fn on_prepared(&mut self, from: ReplicaId, pc: Certificate) {
+    pub(super) fn on_prepared(&mut self, pc: Certificate) {
         let s = pc.subject;
         if s.term != self.term {
             self.refuse("prepared certificate of another term");
@@ -151,7 +167,7 @@ impl<S: StateMachine> Replica<S> {
         }
         if s.index > self.log.tip() {
             self.keep_early_certificate(pc);
-            self.request_fetch(from);
+            self.request_fetch();
             return;
         }
         let Some(slot) = self.log.get_mut(s.index) else {
@@ -201,11 +217,11 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Handles a commit certificate (a Commit message, or the leader's own).
-    pub(super) fn on_committed(&mut self, from: ReplicaId, cc: Certificate) {
+    pub(super) fn on_committed(&mut self, cc: Certificate) {
         let s = cc.subject;
         if s.index > self.log.tip() {
             self.keep_early_certificate(cc);
-            self.request_fetch(from);
+            self.request_fetch();
             return;
         }
         match self.log.hash_at(s.index) {
@@ -221,7 +237,7 @@ impl<S: StateMachine> Replica<S> {
                 self.persist(PersistOp::TruncateFrom(s.index));
                 self.log.truncate_from(s.index);
                 self.keep_early_certificate(cc);
-                self.request_fetch(from);
+                self.request_fetch();
                 return;
             }
         }
@@ -266,21 +282,10 @@ impl<S: StateMachine> Replica<S> {
             .insert((s.index, s.phase), cert);
     }
 
-    /// Asks `peer` (or the leader) for the committed entries this replica lacks.
-    fn request_fetch(&mut self, peer: ReplicaId) {
-        let peer = if peer == self.id {
-            self.cluster.leader_of(self.term)
-        } else {
-            peer
-        };
-        if peer == self.id {
-            return;
-        }
-        let interval = self.cluster.params().heartbeat_interval;
-        if let Some((at, _)) = self.follower.fetch {
-            if self.now < at.after(interval) {
-                return;
-            }
+    /// Asks a peer for the committed entries this replica lacks, unless a fetch is in progress.
+    fn request_fetch(&mut self) {
+        if self.follower.fetch.is_some() {
+            return; // answered, or timed out in `follower_tick`
         }
         let Some(target) = self
             .follower
@@ -296,6 +301,20 @@ impl<S: StateMachine> Replica<S> {
         if target < from {
             return;
         }
+        let peer = match self.follower.fetch_peer {
+            Some(p) => p,
+            None => {
+                let leader = self.cluster.leader_of(self.term);
+                if leader == self.id {
+                    self.next_replica(leader)
+                } else {
+                    leader
+                }
+            }
+        };
+        if peer == self.id {
+            return;
+        }
         self.follower.fetch = Some((self.now, peer));
         self.metrics.fetches_sent += 1;
         self.send(
@@ -304,29 +323,45 @@ impl<S: StateMachine> Replica<S> {
         );
     }
 
-    /// Re-sends a fetch that got no answer.
+    /// The replica after `r` that is not this one.
+    fn next_replica(&self, r: ReplicaId) -> ReplicaId {
+        let n = self.cluster.n() as u32;
+        let next = ReplicaId((r.0 + 1) % n);
+        if next == self.id {
+            ReplicaId((next.0 + 1) % n)
+        } else {
+            next
+        }
+    }
+
+    /// Gives up on a fetch that got no useful answer in time and asks the next peer: the one
+    /// asked may be down, slow or lying.
     pub(super) fn follower_tick(&mut self) {
         if let Some((at, peer)) = self.follower.fetch {
             if self.now >= at.after(self.cluster.params().heartbeat_interval) {
                 self.follower.fetch = None;
-                // Try another peer each time: the one asked may be down or lying.
-                let n = self.cluster.n() as u32;
-                let next = ReplicaId((peer.0 + 1) % n);
-                let next = if next == self.id {
-                    ReplicaId((next.0 + 1) % n)
-                } else {
-                    next
-                };
-                self.request_fetch(next);
+                self.follower.fetch_peer = Some(self.next_replica(peer));
+                self.request_fetch();
             }
         }
     }
 
     /// Serves committed entries `from..=to` (as many as fit in one message), proved by the CC of
     /// the last one sent.
+    ///
+    /// A peer is served again at once only when it asks for the continuation of what it was last
+    /// sent; any other request waits a heartbeat interval. A catching-up replica proceeds at full
+    /// speed, while a peer cannot make this replica send the same entries over and over.
     pub(super) fn serve_fetch(&mut self, peer: ReplicaId, from: Index, to: Index) {
         if peer == self.id || from > self.log.commit_index() {
             return;
+        }
+        if let Some((at, last_from)) = self.follower.served.get(&peer) {
+            let continuation = from > *last_from;
+            if !continuation && self.now < at.after(self.cluster.params().heartbeat_interval) {
+                self.refuse("fetch repeated within a heartbeat interval");
+                return;
+            }
         }
         let max = self.cluster.params().max_message_bytes / 2;
         let mut last = to
@@ -358,6 +393,7 @@ impl<S: StateMachine> Replica<S> {
         let Some(certificate) = self.log.get(proved).and_then(|s| s.committed.clone()) else {
             return;
         };
+        self.follower.served.insert(peer, (self.now, from));
         let entries = (from.0..=proved.0)
             .filter_map(|i| self.log.get(Index(i)).map(|s| Arc::clone(&s.entry.entry)))
             .collect();
@@ -377,6 +413,7 @@ impl<S: StateMachine> Replica<S> {
         entries: Vec<CheckedEntry>,
         certificate: Certificate,
     ) {
+        let commit_before = self.log.commit_index();
         for entry in entries {
             let index = entry.entry.index;
             if index <= self.log.tip() {
@@ -397,17 +434,15 @@ impl<S: StateMachine> Replica<S> {
             self.persist(PersistOp::Entry(Arc::clone(&entry.entry)));
             self.log.push(entry);
         }
-        self.follower.fetch = None;
-        self.on_committed(from, certificate);
+        self.on_committed(certificate);
         self.after_log_grew();
-        // More to fetch?
-        let behind = self
-            .follower
-            .early_certificates
-            .keys()
-            .any(|(i, phase)| *phase == Phase::Append && *i > self.log.tip());
-        if behind {
-            self.request_fetch(from);
+        // Only an answer that made progress, from the peer asked, ends the fetch; anything else
+        // (unsolicited, stale, useless) leaves it to time out and move on to another peer.
+        let progressed = self.log.commit_index() > commit_before;
+        if progressed && self.follower.fetch.is_some_and(|(_, p)| p == from) {
+            self.follower.fetch = None;
+            self.follower.fetch_peer = Some(from);
+            self.request_fetch(); // the next range, if still behind
         }
     }
 }

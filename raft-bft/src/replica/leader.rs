@@ -36,11 +36,21 @@ struct Inflight {
 pub(crate) struct LeaderState {
     queue: VecDeque<(Time, CheckedTx)>,
     queued_bytes: usize,
-    queued_ts: HashMap<ClientId, u64>,
+    /// Per client: the highest queued `ts` and how many of its txs are queued.
+    queued: HashMap<ClientId, (u64, u32)>,
     inflight: BTreeMap<Index, Inflight>,
-    /// Commit votes by index and state digest.
-    exec_tally: BTreeMap<Index, HashMap<Digest, BTreeMap<ReplicaId, Signature>>>,
+    /// Commit votes by index: each replica's first vote (its digest and signature).
+    exec_tally: BTreeMap<Index, BTreeMap<ReplicaId, (Digest, Signature)>>,
     last_ec: Index,
+}
+
+/// How far below the commit index the leader still collects Commit votes and drives entries
+/// towards an execution certificate; older ones are dropped (a later certificate covers them).
+fn execution_window(cluster: &Cluster) -> u64 {
+    2 * cluster
+        .params()
+        .checkpoint_interval
+        .max(u64::from(cluster.params().pipeline_depth))
 }
 
 impl LeaderState {
@@ -48,7 +58,7 @@ impl LeaderState {
         LeaderState {
             queue: VecDeque::new(),
             queued_bytes: 0,
-            queued_ts: HashMap::default(),
+            queued: HashMap::default(),
             inflight: BTreeMap::new(),
             exec_tally: BTreeMap::new(),
             last_ec: log.commit_index(),
@@ -119,21 +129,23 @@ impl<S: StateMachine> Replica<S> {
             }
             return;
         };
-        let pending = self
-            .log
-            .highest_ts(&client)
-            .max(leader.queued_ts.get(&client).copied().unwrap_or(0));
-        if tx.tx.ts <= pending {
+        let (queued_ts, queued_count) = leader.queued.get(&client).copied().unwrap_or((0, 0));
+        if tx.tx.ts <= self.log.highest_ts(&client).max(queued_ts) {
             // Already ordered or queued (a retransmission, or an older tx overtaken by a newer
             // one from the same client): nothing to do, its reply will come with execution.
             return;
         }
-        if leader.queue.len() >= self.cluster.params().max_pending_txs as usize {
+        let params = self.cluster.params();
+        let size = tx.tx.batch_bytes();
+        if leader.queue.len() >= params.max_pending_txs as usize
+            || queued_count >= params.max_pending_txs_per_client
+            || (leader.queued_bytes + size) as u64 > params.max_pending_bytes
+        {
             self.refuse_tx(&tx, Rejection::Busy, direct);
             return;
         }
-        leader.queued_ts.insert(client, tx.tx.ts);
-        leader.queued_bytes += tx.tx.batch_bytes();
+        leader.queued.insert(client, (tx.tx.ts, queued_count + 1));
+        leader.queued_bytes += size;
         leader.queue.push_back((self.now, tx));
     }
 
@@ -171,8 +183,11 @@ impl<S: StateMachine> Replica<S> {
                 };
                 bytes += size;
                 leader.queued_bytes -= tx.tx.batch_bytes();
-                if leader.queued_ts.get(&tx.tx.client) == Some(&tx.tx.ts) {
-                    leader.queued_ts.remove(&tx.tx.client);
+                if let Some((_, count)) = leader.queued.get_mut(&tx.tx.client) {
+                    *count -= 1;
+                    if *count == 0 {
+                        leader.queued.remove(&tx.tx.client);
+                    }
                 }
                 txs.push(tx);
             }
@@ -229,6 +244,57 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// After a restart, drives again the entries this leader proposed in its term and that are
+    /// not yet committed: same entries, same signatures (ed25519 signing is deterministic), so
+    /// nothing new is said. Without this they would block the pipeline forever.
+    pub(super) fn resume_proposals(&mut self) {
+        let from = self.log.commit_index().next();
+        for i in from.0..=self.log.tip().0 {
+            let Some(slot) = self.log.get(Index(i)) else {
+                break;
+            };
+            if slot.entry.entry.term != self.term {
+                continue;
+            }
+            let hash = slot.entry.hash;
+            let proposal = PreAppend {
+                term: self.term,
+                entry: Arc::clone(&slot.entry.entry),
+                leader_sig: self.key.sign(&pre_append_digest(
+                    &self.cluster_id,
+                    self.term,
+                    Index(i),
+                    &hash,
+                )),
+            };
+            let subject = crate::message::VoteSubject {
+                phase: Phase::PreAppend,
+                term: self.term,
+                index: Index(i),
+                entry_hash: hash,
+                state_digest: None,
+            };
+            if let Some(leader) = self.leader.as_mut() {
+                leader.inflight.insert(
+                    Index(i),
+                    Inflight {
+                        hash,
+                        proposal,
+                        phase: Phase::PreAppend,
+                        votes: BTreeMap::new(),
+                        holders: BTreeSet::new(),
+                        certificate: None,
+                        executed_by: BTreeSet::new(),
+                        // Due for retransmission at the first tick.
+                        last_sent: Time(0),
+                    },
+                );
+            }
+            // Its own vote again (idempotent; persisted if it was lost with a torn batch).
+            self.vote(subject);
+        }
+    }
+
     /// A vote arrived (from a follower, or from this replica itself once durable).
     pub(super) fn on_vote(&mut self, vote: Vote) {
         let quorum = self.cluster.quorum();
@@ -273,15 +339,14 @@ impl<S: StateMachine> Replica<S> {
         };
         flight.last_sent = self.now;
         self.metrics.certificates_formed += 1;
-        let id = self.id;
         match s.phase {
             Phase::PreAppend => {
                 self.send(Target::AllOthers, ReplicaMessage::Append(cert.clone()));
-                self.on_prepared(id, cert);
+                self.on_prepared(cert);
             }
             _ => {
                 self.send(Target::AllOthers, ReplicaMessage::Commit(cert.clone()));
-                self.on_committed(id, cert);
+                self.on_committed(cert);
             }
         }
     }
@@ -289,13 +354,19 @@ impl<S: StateMachine> Replica<S> {
     fn on_commit_vote(&mut self, vote: Vote) {
         let quorum = self.cluster.quorum();
         let commit_index = self.log.commit_index();
+        let oldest = Index(
+            commit_index
+                .0
+                .saturating_sub(execution_window(&self.cluster)),
+        );
         let Some(leader) = self.leader.as_mut() else {
             return;
         };
         let s = vote.subject;
-        let (Some(digest), true) = (s.state_digest, s.index > leader.last_ec) else {
-            return;
-        };
+        let Some(digest) = s.state_digest else { return };
+        if s.index <= leader.last_ec || s.index < oldest {
+            return; // certified already, or too old to matter
+        }
         if s.index > commit_index || self.log.hash_at(s.index) != Some(s.entry_hash) {
             self.refuse("commit vote for an entry not committed here");
             return;
@@ -303,19 +374,31 @@ impl<S: StateMachine> Replica<S> {
         if let Some(flight) = leader.inflight.get_mut(&s.index) {
             flight.executed_by.insert(vote.replica);
         }
-        let voters = leader
-            .exec_tally
-            .entry(s.index)
-            .or_default()
-            .entry(digest)
-            .or_default();
-        voters.insert(vote.replica, vote.sig);
-        if voters.len() < quorum {
+        // Bounded memory: indices below the window are dropped, and each replica has one
+        // vote per index (a second digest from the same replica is refused).
+        leader.exec_tally = leader.exec_tally.split_off(&oldest);
+        let voters = leader.exec_tally.entry(s.index).or_default();
+        match voters.get(&vote.replica) {
+            Some((d, _)) if *d != digest => {
+                self.refuse("two commit votes with different digests from one replica");
+                return;
+            }
+            Some(_) => return,
+            None => {
+                voters.insert(vote.replica, (digest, vote.sig));
+            }
+        }
+        let matching: Vec<(ReplicaId, Signature)> = voters
+            .iter()
+            .filter(|(_, (d, _))| *d == digest)
+            .map(|(r, (_, sig))| (*r, *sig))
+            .collect();
+        if matching.len() < quorum {
             return;
         }
         let ec = Certificate {
             subject: s,
-            sigs: voters.iter().map(|(r, sig)| (*r, *sig)).collect(),
+            sigs: matching,
         };
         leader.last_ec = s.index;
         leader.exec_tally = leader.exec_tally.split_off(&s.index.next());
@@ -342,9 +425,17 @@ impl<S: StateMachine> Replica<S> {
             .log
             .get(self.log.commit_index())
             .and_then(|slot| slot.committed.clone());
+        let oldest = Index(
+            self.log
+                .commit_index()
+                .0
+                .saturating_sub(execution_window(&self.cluster)),
+        );
         let Some(leader) = self.leader.as_mut() else {
             return;
         };
+        // Committed entries too old to still gather an execution certificate are let go.
+        leader.inflight = leader.inflight.split_off(&oldest);
         let mut resend = Vec::new();
         let mut behind = BTreeSet::new();
         for flight in leader.inflight.values_mut() {

@@ -155,6 +155,7 @@ impl<S: StateMachine> Replica<S> {
         replica.recover(durable.entries, durable.certificates)?;
         if replica.cluster.leader_of(replica.term) == id {
             replica.leader = Some(LeaderState::new(&replica.log));
+            replica.resume_proposals();
         }
         Ok(replica)
     }
@@ -279,8 +280,8 @@ impl<S: StateMachine> Replica<S> {
                 self.on_pre_append(term, entry, leader_sig);
             }
             VerifiedMessage::Vote(v) => self.on_vote(v),
-            VerifiedMessage::Append(pc) => self.on_prepared(from, pc),
-            VerifiedMessage::Commit(cc) => self.on_committed(from, cc),
+            VerifiedMessage::Append(pc) => self.on_prepared(pc),
+            VerifiedMessage::Commit(cc) => self.on_committed(cc),
             VerifiedMessage::Executed(ec) => {
                 self.note_execution_certificate(ec);
                 self.check_execution_certificate();
