@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use raft_bft::codec;
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
-use raft_bft::manifest::{Cluster, Manifest, ReplicaInfo};
+use raft_bft::manifest::{Cluster, Manifest};
 use raft_bft::message::{ReplicaMessage, SignedTx};
 use raft_bft::persist::DurableState;
 use raft_bft::replica::{Replica, Target};
@@ -48,20 +48,11 @@ fn cluster(batch: u32) -> (Arc<Cluster>, Vec<KeyPair>) {
         max_batch_txs: batch,
         ..Params::default()
     };
-    let manifest = Manifest {
-        name: "bench".into(),
-        replicas: keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| ReplicaInfo {
-                id: ReplicaId(i as u32),
-                public_key: k.public(),
-                address: String::new(),
-            })
-            .collect(),
-        admin_keys: vec![],
+    let manifest = Manifest::new(
+        "bench",
+        keys.iter().map(|k| (k.public(), String::new())),
         params,
-    };
+    );
     (
         Arc::new(Cluster::new(manifest).expect("valid manifest")),
         keys,

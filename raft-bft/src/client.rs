@@ -449,7 +449,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Manifest, ReplicaInfo};
+    use crate::manifest::Manifest;
     use crate::merkle::MerkleTree;
     use crate::message::{reply_batch_digest, reply_leaf};
     use crate::types::{Digest, Index};
@@ -469,20 +469,13 @@ mod tests {
         let keys: Vec<KeyPair> = (0..n)
             .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
             .collect();
-        let manifest = Manifest {
-            name: name.into(),
-            replicas: keys
-                .iter()
+        let manifest = Manifest::new(
+            name,
+            keys.iter()
                 .enumerate()
-                .map(|(i, k)| ReplicaInfo {
-                    id: ReplicaId(i as u32),
-                    public_key: k.public(),
-                    address: format!("127.0.0.1:{}", 7000 + i),
-                })
-                .collect(),
-            admin_keys: vec![],
-            params: Params::default(),
-        };
+                .map(|(i, k)| (k.public(), format!("127.0.0.1:{}", 7000 + i))),
+            Params::default(),
+        );
         Net {
             cluster: Arc::new(Cluster::new(manifest).unwrap()),
             keys,

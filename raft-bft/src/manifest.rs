@@ -30,6 +30,44 @@ pub struct Manifest {
     pub params: Params,
 }
 
+impl Manifest {
+    /// A manifest whose replicas `0..n` have these keys and addresses, in order, and no admin
+    /// keys.
+    ///
+    /// ```
+    /// use raft_bft::{config::Params, crypto::KeyPair, manifest::{Cluster, Manifest}};
+    /// let keys: Vec<KeyPair> = (1..=4).map(|i| KeyPair::from_seed([i; 32])).collect();
+    /// let manifest = Manifest::new(
+    ///     "demo",
+    ///     keys.iter().enumerate().map(|(i, k)| (k.public(), format!("127.0.0.1:{}", 7000 + i))),
+    ///     Params::default(),
+    /// );
+    /// let cluster = Cluster::new(manifest)?;
+    /// assert_eq!((cluster.n(), cluster.f(), cluster.quorum()), (4, 1, 3));
+    /// # Ok::<(), raft_bft::manifest::ManifestError>(())
+    /// ```
+    pub fn new(
+        name: impl Into<String>,
+        replicas: impl IntoIterator<Item = (PublicKey, String)>,
+        params: Params,
+    ) -> Manifest {
+        Manifest {
+            name: name.into(),
+            replicas: replicas
+                .into_iter()
+                .enumerate()
+                .map(|(i, (public_key, address))| ReplicaInfo {
+                    id: ReplicaId(i as u32),
+                    public_key,
+                    address,
+                })
+                .collect(),
+            admin_keys: Vec::new(),
+            params,
+        }
+    }
+}
+
 /// Why a manifest cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

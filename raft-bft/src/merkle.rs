@@ -22,18 +22,23 @@ pub fn root(cluster_id: &Digest, leaves: &[Digest]) -> Digest {
     if leaves.is_empty() {
         return node_hash(cluster_id, &Digest::ZERO, &Digest::ZERO);
     }
-    let mut level: Vec<Digest> = leaves.to_vec();
+    let mut level = leaves.to_vec();
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [l, r] => node_hash(cluster_id, l, r),
-                [one] => *one,
-                _ => unreachable!("chunks(2) yields one or two items"),
-            })
-            .collect();
+        level = parent_level(cluster_id, &level);
     }
     level[0]
+}
+
+/// The level above `level`: pairs hashed, an odd last node carried up unchanged.
+fn parent_level(cluster_id: &Digest, level: &[Digest]) -> Vec<Digest> {
+    level
+        .chunks(2)
+        .map(|pair| match pair {
+            [l, r] => node_hash(cluster_id, l, r),
+            [one] => *one,
+            _ => unreachable!("chunks(2) yields one or two items"),
+        })
+        .collect()
 }
 
 /// An inclusion proof: the sibling hashes from the leaf up, and the leaf's position.
@@ -96,16 +101,8 @@ impl MerkleTree {
     /// Builds the tree over `leaves` (at least one).
     pub fn new(cluster_id: &Digest, leaves: &[Digest]) -> Self {
         let mut levels = vec![leaves.to_vec()];
-        while levels.last().is_some_and(|l| l.len() > 1) {
-            let below = levels.last().expect("non-empty");
-            let above = below
-                .chunks(2)
-                .map(|pair| match pair {
-                    [l, r] => node_hash(cluster_id, l, r),
-                    [one] => *one,
-                    _ => unreachable!("chunks(2) yields one or two items"),
-                })
-                .collect();
+        while let Some(below) = levels.last().filter(|l| l.len() > 1) {
+            let above = parent_level(cluster_id, below);
             levels.push(above);
         }
         MerkleTree { levels }

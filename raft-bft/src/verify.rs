@@ -257,7 +257,10 @@ impl Verifier {
     pub fn verify_tx(&mut self, tx: SignedTx) -> Result<Verified<CheckedTx>, VerifyError> {
         self.verify_txs(vec![tx])
             .pop()
-            .expect("one result per input")
+            .unwrap_or(Err(VerifyError::Malformed {
+                what: "tx",
+                why: "no verdict",
+            }))
     }
 
     /// Verifies many client txs with one batch verification; one result per tx, in order.

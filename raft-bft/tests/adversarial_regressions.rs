@@ -12,7 +12,7 @@ use std::sync::Arc;
 use raft_bft::codec;
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
-use raft_bft::manifest::{Cluster, Manifest, ReplicaInfo};
+use raft_bft::manifest::{Cluster, Manifest};
 use raft_bft::message::{
     entry_hash, pre_append_digest, Certificate, Entry, Outcome, Phase, PreAppend, Rejection,
     ReplicaMessage, SignedTx, Vote, VoteSubject,
@@ -96,20 +96,11 @@ impl Fixture {
         let keys: Vec<KeyPair> = (0..4)
             .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
             .collect();
-        let manifest = Manifest {
-            name: "review-findings".into(),
-            replicas: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| ReplicaInfo {
-                    id: ReplicaId(i as u32),
-                    public_key: k.public(),
-                    address: String::new(),
-                })
-                .collect(),
-            admin_keys: vec![],
+        let manifest = Manifest::new(
+            "review-findings",
+            keys.iter().map(|k| (k.public(), String::new())),
             params,
-        };
+        );
         let cluster = Arc::new(Cluster::new(manifest).unwrap());
         let verifier = Verifier::new(cluster.clone(), [7; 32]);
         Fixture {

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::sample::Index as Pick;
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
-use raft_bft::manifest::{Cluster, Manifest, ReplicaInfo};
+use raft_bft::manifest::{Cluster, Manifest};
 use raft_bft::message::{Certificate, Phase, Vote, VoteSubject};
 use raft_bft::types::{Digest, Index, ReplicaId, Signature, Term};
 use raft_bft::verify::{CertificateError, Verifier};
@@ -27,20 +27,13 @@ fn build(n: usize, name: &str) -> Fixture {
     let keys: Vec<KeyPair> = (0..n)
         .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
         .collect();
-    let manifest = Manifest {
-        name: name.into(),
-        replicas: keys
-            .iter()
+    let manifest = Manifest::new(
+        name,
+        keys.iter()
             .enumerate()
-            .map(|(i, k)| ReplicaInfo {
-                id: ReplicaId(i as u32),
-                public_key: k.public(),
-                address: format!("10.0.0.{i}:7000"),
-            })
-            .collect(),
-        admin_keys: vec![],
-        params: Params::default(),
-    };
+            .map(|(i, k)| (k.public(), format!("10.0.0.{i}:7000"))),
+        Params::default(),
+    );
     Fixture {
         cluster: Arc::new(Cluster::new(manifest).unwrap()),
         keys,

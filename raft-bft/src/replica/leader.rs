@@ -32,6 +32,21 @@ struct Inflight {
     last_sent: Time,
 }
 
+impl Inflight {
+    fn new(hash: Digest, proposal: PreAppend, sent: Time) -> Self {
+        Inflight {
+            hash,
+            proposal,
+            phase: Phase::PreAppend,
+            votes: BTreeMap::new(),
+            holders: BTreeSet::new(),
+            certificate: None,
+            executed_by: BTreeSet::new(),
+            last_sent: sent,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct LeaderState {
     queue: VecDeque<(Time, CheckedTx)>,
@@ -228,19 +243,9 @@ impl<S: StateMachine> Replica<S> {
             ReplicaMessage::PreAppend(proposal.clone()),
         );
         if let Some(leader) = self.leader.as_mut() {
-            leader.inflight.insert(
-                index,
-                Inflight {
-                    hash,
-                    proposal,
-                    phase: Phase::PreAppend,
-                    votes: BTreeMap::new(),
-                    holders: BTreeSet::new(),
-                    certificate: None,
-                    executed_by: BTreeSet::new(),
-                    last_sent: self.now,
-                },
-            );
+            leader
+                .inflight
+                .insert(index, Inflight::new(hash, proposal, self.now));
         }
     }
 
@@ -275,20 +280,10 @@ impl<S: StateMachine> Replica<S> {
                 state_digest: None,
             };
             if let Some(leader) = self.leader.as_mut() {
-                leader.inflight.insert(
-                    Index(i),
-                    Inflight {
-                        hash,
-                        proposal,
-                        phase: Phase::PreAppend,
-                        votes: BTreeMap::new(),
-                        holders: BTreeSet::new(),
-                        certificate: None,
-                        executed_by: BTreeSet::new(),
-                        // Due for retransmission at the first tick.
-                        last_sent: Time(0),
-                    },
-                );
+                // Due for retransmission at the first tick.
+                leader
+                    .inflight
+                    .insert(Index(i), Inflight::new(hash, proposal, Time(0)));
             }
             // Its own vote again (idempotent; persisted if it was lost with a torn batch).
             self.vote(subject);

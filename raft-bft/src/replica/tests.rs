@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::*;
 use crate::config::Params;
 use crate::crypto::KeyPair;
-use crate::manifest::{Manifest, ReplicaInfo};
+use crate::manifest::Manifest;
 use crate::message::{pre_append_digest, PreAppend, Reply, SignedTx};
 use crate::persist::PersistBatch;
 use crate::types::ClientId;
@@ -46,20 +46,11 @@ impl Fixture {
             max_batch_delay: std::time::Duration::from_millis(2),
             ..Params::default()
         };
-        let manifest = Manifest {
-            name: "replica-tests".into(),
-            replicas: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| ReplicaInfo {
-                    id: ReplicaId(i as u32),
-                    public_key: k.public(),
-                    address: String::new(),
-                })
-                .collect(),
-            admin_keys: vec![],
+        let manifest = Manifest::new(
+            "replica-tests",
+            keys.iter().map(|k| (k.public(), String::new())),
             params,
-        };
+        );
         let cluster = Arc::new(Cluster::new(manifest).unwrap());
         let verifier = Verifier::new(cluster.clone(), [7; 32]);
         Fixture {

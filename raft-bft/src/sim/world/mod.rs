@@ -11,7 +11,7 @@ use rand::{Rng as _, RngExt as _, SeedableRng as _};
 use crate::client::{Client, ClientConfig, ClientSend, Destination};
 use crate::codec::{self, CodecError};
 use crate::crypto::KeyPair;
-use crate::manifest::{Cluster, Manifest, ReplicaInfo};
+use crate::manifest::{Cluster, Manifest};
 use crate::message::{Entry, ReplicaMessage, Reply, SignedTx};
 use crate::persist::DurableState;
 use crate::replica::{Metrics, OutMessage, Replica, Target};
@@ -126,20 +126,13 @@ impl<W: Workload> Simulation<W> {
         let keys: Vec<KeyPair> = (0..config.replicas)
             .map(|_| KeyPair::from_seed(seed32(&mut rng)))
             .collect();
-        let manifest = Manifest {
-            name: format!("sim-{}", config.seed),
-            replicas: keys
-                .iter()
+        let manifest = Manifest::new(
+            format!("sim-{}", config.seed),
+            keys.iter()
                 .enumerate()
-                .map(|(i, k)| ReplicaInfo {
-                    id: ReplicaId(i as u32),
-                    public_key: k.public(),
-                    address: format!("sim:{i}"),
-                })
-                .collect(),
-            admin_keys: Vec::new(),
-            params: config.params.clone(),
-        };
+                .map(|(i, k)| (k.public(), format!("sim:{i}"))),
+            config.params.clone(),
+        );
         let cluster = Arc::new(Cluster::new(manifest).map_err(|e| e.to_string())?);
         let mut nodes = Vec::with_capacity(config.replicas);
         for (i, key) in keys.into_iter().enumerate() {
