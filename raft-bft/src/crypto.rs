@@ -41,6 +41,8 @@ pub enum Domain {
     ReplyBatch,
     /// The running state digest after an entry.
     StateDigest,
+    /// A replica's TermChange message.
+    TermChange,
 }
 
 impl Domain {
@@ -55,6 +57,7 @@ impl Domain {
             Domain::ReplyLeaf => b"raft-bft/v1/reply-leaf",
             Domain::ReplyBatch => b"raft-bft/v1/reply-batch",
             Domain::StateDigest => b"raft-bft/v1/state-digest",
+            Domain::TermChange => b"raft-bft/v1/term-change",
         }
     }
 }
@@ -74,7 +77,7 @@ pub struct Transcript {
     buf: smallvec::SmallVec<[u8; 128]>,
 }
 
-const DOMAINS: [Domain; 9] = [
+const DOMAINS: [Domain; 10] = [
     Domain::Manifest,
     Domain::Tx,
     Domain::Entry,
@@ -84,6 +87,7 @@ const DOMAINS: [Domain; 9] = [
     Domain::ReplyLeaf,
     Domain::ReplyBatch,
     Domain::StateDigest,
+    Domain::TermChange,
 ];
 
 fn domain_key(domain: Domain, cluster_id: &Digest) -> [u8; 32] {
@@ -110,6 +114,7 @@ fn slot(domain: Domain) -> usize {
         Domain::ReplyLeaf => 6,
         Domain::ReplyBatch => 7,
         Domain::StateDigest => 8,
+        Domain::TermChange => 9,
     }
 }
 

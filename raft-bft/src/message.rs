@@ -78,13 +78,38 @@ pub fn entry_hash(
     prev_hash: &Digest,
     tx_ids: &[TxId],
 ) -> Digest {
-    let root = merkle::root(cluster_id, tx_ids);
-    Transcript::new(Domain::Entry, cluster_id)
-        .u64(term.0)
-        .u64(index.0)
-        .fixed32(&prev_hash.0)
-        .fixed32(&root.0)
-        .finish()
+    EntryHeader {
+        term,
+        index,
+        prev_hash: *prev_hash,
+        tx_root: merkle::root(cluster_id, tx_ids),
+    }
+    .hash(cluster_id)
+}
+
+/// What an entry's hash covers, without its txs: enough to check a hash and a chain link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EntryHeader {
+    /// The term in which the entry was first proposed.
+    pub term: Term,
+    /// Its index.
+    pub index: Index,
+    /// The hash of the entry below it.
+    pub prev_hash: Digest,
+    /// The Merkle root of its tx ids.
+    pub tx_root: Digest,
+}
+
+impl EntryHeader {
+    /// The entry hash.
+    pub fn hash(&self, cluster_id: &Digest) -> Digest {
+        Transcript::new(Domain::Entry, cluster_id)
+            .u64(self.term.0)
+            .u64(self.index.0)
+            .fixed32(&self.prev_hash.0)
+            .fixed32(&self.tx_root.0)
+            .finish()
+    }
 }
 
 /// The three phases an entry passes, each closed by a quorum of votes.
@@ -195,6 +220,91 @@ pub fn pre_append_digest(
         .u64(index.0)
         .fixed32(&entry_hash.0)
         .finish()
+}
+
+/// One index as a replica reports it when leaving a term: the highest-term prepared certificate
+/// it holds there, and the entry's header (so that anyone can check the certificate's hash and
+/// the chain without the txs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedEntry {
+    /// The prepared certificate (PreAppend phase) with the highest term this replica holds.
+    pub certificate: Certificate,
+    /// The header of the certified entry.
+    pub header: EntryHeader,
+}
+
+/// A replica's signed statement that it left its term and what it holds: the start of a term
+/// change (PROTOCOL.md section 4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermChange {
+    /// The term it wants to move to.
+    pub new_term: Term,
+    /// Its newest stable execution certificate (none: genesis).
+    pub stable: Option<Certificate>,
+    /// For each index above `stable` that it holds a prepared certificate for, in index order.
+    pub prepared: Vec<PreparedEntry>,
+    /// The sender.
+    pub replica: ReplicaId,
+    /// The sender's signature over all of the above.
+    pub sig: Signature,
+}
+
+impl TermChange {
+    /// Builds and signs a TermChange.
+    pub fn sign(
+        cluster_id: &Digest,
+        key: &KeyPair,
+        replica: ReplicaId,
+        new_term: Term,
+        stable: Option<Certificate>,
+        prepared: Vec<PreparedEntry>,
+    ) -> TermChange {
+        let mut tc = TermChange {
+            new_term,
+            stable,
+            prepared,
+            replica,
+            sig: Signature([0; 64]),
+        };
+        tc.sig = key.sign(&tc.signing_digest(cluster_id));
+        tc
+    }
+
+    /// What the sender signs: the new term, the stable certificate's subject, and every
+    /// reported certificate's subject and entry header.
+    pub fn signing_digest(&self, cluster_id: &Digest) -> Digest {
+        let stable = self
+            .stable
+            .as_ref()
+            .map(|ec| ec.subject.signing_digest(cluster_id));
+        let mut t = Transcript::new(Domain::TermChange, cluster_id)
+            .u64(self.new_term.0)
+            .u64(u64::from(self.replica.0))
+            .opt32(stable.as_ref().map(|d| &d.0))
+            .u64(self.prepared.len() as u64);
+        for p in &self.prepared {
+            let h = &p.header;
+            t = t
+                .fixed32(&p.certificate.subject.signing_digest(cluster_id).0)
+                .u64(h.term.0)
+                .u64(h.index.0)
+                .fixed32(&h.prev_hash.0)
+                .fixed32(&h.tx_root.0);
+        }
+        t.finish()
+    }
+}
+
+/// The new leader's announcement of a term: the quorum of TermChange messages it collected and
+/// the log it chose from them, which every replica recomputes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTerm {
+    /// The term that starts.
+    pub new_term: Term,
+    /// At least a quorum of TermChange messages for `new_term`, from distinct members.
+    pub term_changes: Vec<TermChange>,
+    /// The chosen `(index, entry hash)` list above the highest stable certificate.
+    pub chosen: Vec<(Index, Digest)>,
 }
 
 /// Messages between replicas.

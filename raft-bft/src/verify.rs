@@ -8,12 +8,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::choice::{self, ChoiceError, ChosenLog};
 use crate::crypto::{self, BatchVerifier, CoefficientRng, SignatureError};
 use crate::manifest::Cluster;
 use crate::merkle;
 use crate::message::{
-    entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, Entry, Phase,
-    PreAppend, ReplicaMessage, Reply, SignedTx, Vote, VoteSubject,
+    entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, Entry, NewTerm,
+    Phase, PreAppend, ReplicaMessage, Reply, SignedTx, TermChange, Vote, VoteSubject,
 };
 use crate::types::{Digest, Index, ReplicaId, Signature, Term, TxId};
 
@@ -163,6 +164,9 @@ pub enum VerifyError {
         /// Why.
         why: &'static str,
     },
+    /// A set of TermChange messages does not determine a log.
+    #[error("cannot choose a log: {0}")]
+    Choice(#[from] ChoiceError),
     /// A tx in an entry failed verification.
     #[error("tx {position} of entry {index}: {source}")]
     EntryTx {
@@ -186,6 +190,7 @@ impl VerifyError {
             VerifyError::TooLarge { .. } => "too-large",
             VerifyError::Malformed { .. } => "malformed",
             VerifyError::EntryTx { .. } => "bad-tx-in-entry",
+            VerifyError::Choice(_) => "bad-choice",
         }
     }
 }
@@ -553,6 +558,128 @@ impl Verifier {
             entries,
             certificate,
         })
+    }
+
+    /// The most prepared entries a TermChange may report: everything a replica can hold above
+    /// its stable checkpoint.
+    pub fn max_prepared_per_term_change(&self) -> usize {
+        let p = self.cluster.params();
+        (2 * p.checkpoint_interval + 4 * u64::from(p.pipeline_depth)) as usize
+    }
+
+    /// Verifies a TermChange sent by `from` itself.
+    pub fn verify_term_change(
+        &mut self,
+        from: ReplicaId,
+        tc: TermChange,
+    ) -> Result<Verified<TermChange>, VerifyError> {
+        if tc.replica != from {
+            return Err(VerifyError::WrongSender {
+                what: "term change",
+                from,
+                expected: tc.replica,
+            });
+        }
+        self.check_term_change(&tc)?;
+        Ok(Verified(tc))
+    }
+
+    /// Everything about a TermChange but who relayed it: a member's signature, a valid stable
+    /// execution certificate, and prepared certificates in increasing index order above it, each
+    /// for the header it comes with, all of terms below the new one.
+    fn check_term_change(&mut self, tc: &TermChange) -> Result<(), VerifyError> {
+        let key = *self
+            .cluster
+            .key_of(tc.replica)
+            .ok_or(VerifyError::NonMember(tc.replica))?;
+        let limit = self.max_prepared_per_term_change();
+        if tc.prepared.len() > limit {
+            return Err(VerifyError::TooLarge {
+                what: "prepared entries in a term change",
+                size: tc.prepared.len() as u64,
+                limit: limit as u64,
+            });
+        }
+        let cid = *self.cluster.cluster_id();
+        let malformed = |why| VerifyError::Malformed {
+            what: "term change",
+            why,
+        };
+        let mut above = tc.stable.as_ref().map_or(Index(0), |ec| ec.subject.index);
+        for p in &tc.prepared {
+            let s = &p.certificate.subject;
+            if s.index <= above {
+                return Err(malformed(
+                    "prepared entries not above the stable checkpoint and increasing",
+                ));
+            }
+            above = s.index;
+            if p.header.index != s.index || p.header.hash(&cid) != s.entry_hash {
+                return Err(malformed(
+                    "a prepared certificate is not for the header sent with it",
+                ));
+            }
+            if p.header.term > s.term || s.term >= tc.new_term {
+                return Err(malformed("a prepared certificate's term does not fit"));
+            }
+        }
+        crypto::verify(&key, &tc.signing_digest(&cid), &tc.sig).map_err(|source| {
+            VerifyError::Signature {
+                what: "term change",
+                source,
+            }
+        })?;
+        if let Some(ec) = &tc.stable {
+            self.verify_certificate(ec, Phase::Commit)?;
+            if ec.subject.term >= tc.new_term {
+                return Err(malformed("the stable certificate's term does not fit"));
+            }
+        }
+        for p in &tc.prepared {
+            self.verify_certificate(&p.certificate, Phase::PreAppend)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies a NewTerm from `from`: it leads the new term, its TermChange messages are a valid
+    /// quorum, and its chosen list is exactly the one they determine.
+    pub fn verify_new_term(
+        &mut self,
+        from: ReplicaId,
+        nt: NewTerm,
+    ) -> Result<Verified<(NewTerm, ChosenLog)>, VerifyError> {
+        let leader = self.cluster.leader_of(nt.new_term);
+        if from != leader {
+            return Err(VerifyError::WrongSender {
+                what: "new term",
+                from,
+                expected: leader,
+            });
+        }
+        if nt.term_changes.len() > self.cluster.n() {
+            return Err(VerifyError::TooLarge {
+                what: "term changes in a new term",
+                size: nt.term_changes.len() as u64,
+                limit: self.cluster.n() as u64,
+            });
+        }
+        // Structure first (senders, terms, quorum), signatures after.
+        let chosen = choice::choose(
+            self.cluster.cluster_id(),
+            self.cluster.quorum(),
+            nt.new_term,
+            &nt.term_changes,
+        )?;
+        if chosen.list() != nt.chosen {
+            return Err(VerifyError::Malformed {
+                what: "new term",
+                why: "the chosen log differs from the one its term changes determine",
+            });
+        }
+        for tc in &nt.term_changes {
+            self.check_term_change(tc)?;
+        }
+        Ok(Verified((nt, chosen)))
     }
 
     /// Verifies a reply (for clients): the replica is a member, its proof leads from the reply's
