@@ -179,7 +179,7 @@ fn main() {
     if args.seed.is_none() {
         eprintln!(
             "{} seeds on {threads} threads in {:.1} s (slowest: seed {} in {:.2} s); \
-             {lagging} passing seeds ended with a replica behind (no heartbeats yet)",
+             {lagging} passing seeds ended with a replica behind",
             results.len(),
             started.elapsed().as_secs_f64(),
             slowest.1,

@@ -43,6 +43,8 @@ pub enum Domain {
     StateDigest,
     /// A replica's TermChange message.
     TermChange,
+    /// An idle leader's heartbeat.
+    Heartbeat,
 }
 
 impl Domain {
@@ -58,6 +60,7 @@ impl Domain {
             Domain::ReplyBatch => b"raft-bft/v1/reply-batch",
             Domain::StateDigest => b"raft-bft/v1/state-digest",
             Domain::TermChange => b"raft-bft/v1/term-change",
+            Domain::Heartbeat => b"raft-bft/v1/heartbeat",
         }
     }
 }
@@ -77,7 +80,7 @@ pub struct Transcript {
     buf: smallvec::SmallVec<[u8; 128]>,
 }
 
-const DOMAINS: [Domain; 10] = [
+const DOMAINS: [Domain; 11] = [
     Domain::Manifest,
     Domain::Tx,
     Domain::Entry,
@@ -88,6 +91,7 @@ const DOMAINS: [Domain; 10] = [
     Domain::ReplyBatch,
     Domain::StateDigest,
     Domain::TermChange,
+    Domain::Heartbeat,
 ];
 
 fn domain_key(domain: Domain, cluster_id: &Digest) -> [u8; 32] {
@@ -115,6 +119,7 @@ fn slot(domain: Domain) -> usize {
         Domain::ReplyBatch => 7,
         Domain::StateDigest => 8,
         Domain::TermChange => 9,
+        Domain::Heartbeat => 10,
     }
 }
 

@@ -307,6 +307,49 @@ pub struct NewTerm {
     pub chosen: Vec<(Index, Digest)>,
 }
 
+/// An idle leader's signed sign of life, with its newest commit certificate: followers that
+/// missed commits learn how far to catch up, and (with term changes) a silent leader is told
+/// from an idle one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The leader's term.
+    pub term: Term,
+    /// The commit certificate of the leader's commit index (none before the first commit).
+    pub commit: Option<Certificate>,
+    /// The leader's signature over the term and the certificate's subject.
+    pub leader_sig: Signature,
+}
+
+impl Heartbeat {
+    /// Builds and signs a heartbeat.
+    pub fn sign(
+        cluster_id: &Digest,
+        key: &KeyPair,
+        term: Term,
+        commit: Option<Certificate>,
+    ) -> Self {
+        let mut hb = Heartbeat {
+            term,
+            commit,
+            leader_sig: Signature([0; 64]),
+        };
+        hb.leader_sig = key.sign(&hb.signing_digest(cluster_id));
+        hb
+    }
+
+    /// What the leader signs.
+    pub fn signing_digest(&self, cluster_id: &Digest) -> Digest {
+        let commit = self
+            .commit
+            .as_ref()
+            .map(|cc| cc.subject.signing_digest(cluster_id));
+        Transcript::new(Domain::Heartbeat, cluster_id)
+            .u64(self.term.0)
+            .opt32(commit.as_ref().map(|d| &d.0))
+            .finish()
+    }
+}
+
 /// Messages between replicas.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaMessage {
@@ -322,6 +365,8 @@ pub enum ReplicaMessage {
     Executed(Certificate),
     /// Follower to leader: a client tx that reached the follower.
     Forward(SignedTx),
+    /// Leader to all, when it has sent nothing else for a heartbeat interval.
+    Heartbeat(Heartbeat),
     /// Ask a peer for committed entries `from..=to`.
     FetchEntries {
         /// First index wanted.
@@ -348,6 +393,7 @@ impl ReplicaMessage {
             ReplicaMessage::Commit(_) => "commit",
             ReplicaMessage::Executed(_) => "executed",
             ReplicaMessage::Forward(_) => "forward",
+            ReplicaMessage::Heartbeat(_) => "heartbeat",
             ReplicaMessage::FetchEntries { .. } => "fetch-entries",
             ReplicaMessage::Entries { .. } => "entries",
         }

@@ -103,6 +103,13 @@ pub enum VerifiedMessage {
     Executed(Certificate),
     /// A client tx forwarded by a follower.
     Forward(CheckedTx),
+    /// A heartbeat signed by the leader of `term`, with a valid commit certificate if any.
+    Heartbeat {
+        /// The leader's term.
+        term: Term,
+        /// The leader's newest commit certificate.
+        commit: Option<Certificate>,
+    },
     /// A request for committed entries.
     FetchEntries {
         /// First index.
@@ -429,6 +436,34 @@ impl Verifier {
             ReplicaMessage::Executed(c) => {
                 self.verify_certificate(&c, Phase::Commit)?;
                 VerifiedMessage::Executed(c)
+            }
+            ReplicaMessage::Heartbeat(hb) => {
+                let leader = self.cluster.leader_of(hb.term);
+                if from != leader {
+                    return Err(VerifyError::WrongSender {
+                        what: "heartbeat",
+                        from,
+                        expected: leader,
+                    });
+                }
+                let key = *self
+                    .cluster
+                    .key_of(leader)
+                    .ok_or(VerifyError::NonMember(leader))?;
+                let digest = hb.signing_digest(self.cluster.cluster_id());
+                crypto::verify(&key, &digest, &hb.leader_sig).map_err(|source| {
+                    VerifyError::Signature {
+                        what: "heartbeat",
+                        source,
+                    }
+                })?;
+                if let Some(cc) = &hb.commit {
+                    self.verify_certificate(cc, Phase::Append)?;
+                }
+                VerifiedMessage::Heartbeat {
+                    term: hb.term,
+                    commit: hb.commit,
+                }
             }
             ReplicaMessage::Forward(tx) => {
                 VerifiedMessage::Forward(self.verify_tx(tx)?.into_inner())

@@ -20,8 +20,8 @@ use raft_bft::config::Params;
 use raft_bft::manifest::{Manifest, ReplicaInfo};
 use raft_bft::merkle::MerkleProof;
 use raft_bft::message::{
-    Certificate, Entry, Outcome, Phase, PreAppend, Rejection, ReplicaMessage, Reply, SignedTx,
-    Vote, VoteSubject,
+    Certificate, Entry, Heartbeat, Outcome, Phase, PreAppend, Rejection, ReplicaMessage, Reply,
+    SignedTx, Vote, VoteSubject,
 };
 use raft_bft::types::{Digest, Index, PublicKey, ReplicaId, Signature, Term};
 use serde::de::DeserializeOwned;
@@ -136,6 +136,13 @@ fn replica_message() -> impl Strategy<Value = ReplicaMessage> {
         certificate().prop_map(ReplicaMessage::Commit),
         certificate().prop_map(ReplicaMessage::Executed),
         signed_tx().prop_map(ReplicaMessage::Forward),
+        (term(), proptest::option::of(certificate()), signature()).prop_map(
+            |(term, commit, leader_sig)| ReplicaMessage::Heartbeat(Heartbeat {
+                term,
+                commit,
+                leader_sig
+            })
+        ),
         (index(), index()).prop_map(|(from, to)| ReplicaMessage::FetchEntries { from, to }),
         (vec(entry(), 0..3), certificate()).prop_map(|(entries, certificate)| {
             ReplicaMessage::Entries {

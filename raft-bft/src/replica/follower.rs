@@ -30,12 +30,18 @@ pub(crate) struct FollowerState {
     /// Per peer, when this replica last served it and the range's first index: bounds what a
     /// peer can make this replica send.
     served: BTreeMap<ReplicaId, (Time, Index)>,
+    /// When this replica last heard from the leader of its term.
+    leader_contact: Time,
 }
 
 impl FollowerState {
     pub(crate) fn next_deadline(&self, cluster: &Cluster) -> Option<Time> {
         self.fetch
             .map(|(at, _)| at.after(cluster.params().heartbeat_interval))
+    }
+
+    pub(crate) fn leader_contact(&self) -> Time {
+        self.leader_contact
     }
 
     /// How far ahead of the tip out-of-order messages are kept.
@@ -152,6 +158,19 @@ impl<S: StateMachine> Replica<S> {
         self.follower.early_proposals = self.follower.early_proposals.split_off(&tip.next());
         if let Some((term, entry, sig)) = self.follower.early_proposals.remove(&tip.next()) {
             self.on_pre_append(term, entry, sig);
+        }
+    }
+
+    /// Handles the leader's heartbeat: a follower that missed commits catches up from its
+    /// certificate (committing what it holds, fetching what it lacks).
+    pub(super) fn on_heartbeat(&mut self, term: Term, commit: Option<Certificate>) {
+        if term != self.term {
+            self.refuse("heartbeat for another term");
+            return;
+        }
+        self.follower.leader_contact = self.now;
+        if let Some(cc) = commit.filter(|cc| cc.subject.index > self.log.commit_index()) {
+            self.on_committed(cc);
         }
     }
 

@@ -9,7 +9,7 @@ use super::HashMap;
 use super::{Replica, Target};
 use crate::manifest::Cluster;
 use crate::message::{
-    pre_append_digest, Certificate, Phase, PreAppend, Rejection, ReplicaMessage, Vote,
+    pre_append_digest, Certificate, Heartbeat, Phase, PreAppend, Rejection, ReplicaMessage, Vote,
 };
 use crate::state_machine::StateMachine;
 use crate::types::{ClientId, Digest, Index, ReplicaId, Signature, Time};
@@ -57,6 +57,8 @@ pub(crate) struct LeaderState {
     /// Commit votes by index: each replica's first vote (its digest and signature).
     exec_tally: BTreeMap<Index, BTreeMap<ReplicaId, (Digest, Signature)>>,
     last_ec: Index,
+    /// When the leader last sent all replicas something (a proposal or a heartbeat).
+    last_broadcast: Time,
 }
 
 /// How far below the commit index the leader still collects Commit votes and drives entries
@@ -77,6 +79,7 @@ impl LeaderState {
             inflight: BTreeMap::new(),
             exec_tally: BTreeMap::new(),
             last_ec: log.commit_index(),
+            last_broadcast: Time(0),
         }
     }
 
@@ -101,10 +104,12 @@ impl LeaderState {
             .values()
             .map(|f| f.last_sent.after(params.heartbeat_interval))
             .min();
-        match (batch, retransmit) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let heartbeat = self.last_broadcast.after(params.heartbeat_interval);
+        [batch, retransmit]
+            .into_iter()
+            .flatten()
+            .fold(heartbeat, Time::min)
+            .into()
     }
 }
 
@@ -238,6 +243,9 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.metrics.proposed_entries += 1;
+        if let Some(leader) = self.leader.as_mut() {
+            leader.last_broadcast = self.now;
+        }
         self.send(
             Target::AllOthers,
             ReplicaMessage::PreAppend(proposal.clone()),
@@ -288,6 +296,26 @@ impl<S: StateMachine> Replica<S> {
             // Its own vote again (idempotent; persisted if it was lost with a torn batch).
             self.vote(subject);
         }
+    }
+
+    /// Sends a heartbeat if the leader has sent all replicas nothing for a heartbeat interval.
+    fn maybe_heartbeat(&mut self) {
+        let interval = self.cluster.params().heartbeat_interval;
+        let now = self.now;
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
+        if now < leader.last_broadcast.after(interval) {
+            return;
+        }
+        leader.last_broadcast = now;
+        let commit = self
+            .log
+            .get(self.log.commit_index())
+            .and_then(|slot| slot.committed.clone());
+        let hb = Heartbeat::sign(&self.cluster_id, &self.key, self.term, commit);
+        self.metrics.heartbeats_sent += 1;
+        self.send(Target::AllOthers, ReplicaMessage::Heartbeat(hb));
     }
 
     /// A vote arrived (from a follower, or from this replica itself once durable).
@@ -468,6 +496,7 @@ impl<S: StateMachine> Replica<S> {
         for (to, message) in resend {
             self.send(Target::Replica(to), message);
         }
+        self.maybe_heartbeat();
         self.maybe_propose();
     }
 }

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub retransmissions: u64,
     /// Fetch requests sent.
     pub fetches_sent: u64,
+    /// Heartbeats sent as leader.
+    pub heartbeats_sent: u64,
     /// Inputs refused by the protocol logic, by reason.
     pub refused: BTreeMap<&'static str, u64>,
 }
@@ -287,6 +289,7 @@ impl<S: StateMachine> Replica<S> {
                 self.check_execution_certificate();
             }
             VerifiedMessage::Forward(tx) => self.client_tx(tx, false),
+            VerifiedMessage::Heartbeat { term, commit } => self.on_heartbeat(term, commit),
             VerifiedMessage::FetchEntries { from: lo, to: hi } => self.serve_fetch(from, lo, hi),
             VerifiedMessage::Entries {
                 entries,
@@ -444,6 +447,11 @@ impl<S: StateMachine> Replica<S> {
     /// True if this replica leads the current term.
     pub fn is_leader(&self) -> bool {
         self.leader.is_some()
+    }
+
+    /// When this replica last heard a heartbeat from the leader of its term (`Time(0)`: never).
+    pub fn last_leader_contact(&self) -> Time {
+        self.follower.leader_contact()
     }
 
     /// The highest committed index this replica knows.

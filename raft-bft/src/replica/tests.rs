@@ -6,7 +6,7 @@ use super::*;
 use crate::config::Params;
 use crate::crypto::KeyPair;
 use crate::manifest::Manifest;
-use crate::message::{pre_append_digest, PreAppend, Reply, SignedTx};
+use crate::message::{pre_append_digest, Heartbeat, PreAppend, Reply, SignedTx};
 use crate::persist::PersistBatch;
 use crate::types::ClientId;
 use crate::verify::Verifier;
@@ -536,4 +536,70 @@ fn a_cluster_commits_executes_once_and_agrees() {
     for reply in &replies {
         fx.verifier.verify_reply(reply).unwrap();
     }
+}
+
+#[test]
+fn an_idle_leader_heartbeats_and_a_follower_catches_up_from_it() {
+    let mut fx = Fixture::new(4);
+    let mut leader = fx.replica(0, DurableState::default());
+    let mut disk = DurableState::default();
+    let interval = fx.cluster.params().heartbeat_interval.as_micros() as u64;
+    // Commit one entry with votes from replicas 1 and 2 (replica 3 misses everything).
+    leader.on_client_tx(Time(1), fx.tx(1, 1, b"a"));
+    let r = leader.ready();
+    persist_all(&mut leader, &r, &mut disk);
+    leader.ready();
+    let h1 = leader.entry_hash(Index(1)).unwrap();
+    for phase in [Phase::PreAppend, Phase::Append] {
+        for id in [1u32, 2] {
+            let v = Vote::sign(
+                &fx.cid(),
+                &fx.keys[id as usize],
+                ReplicaId(id),
+                subject(phase, 1, h1, None),
+            );
+            let m = fx.wire(id, &ReplicaMessage::Vote(v));
+            leader.on_message(Time(2), ReplicaId(id), m);
+            let r = leader.ready();
+            persist_all(&mut leader, &r, &mut disk);
+        }
+    }
+    assert_eq!(leader.commit_index(), Index(1));
+    leader.ready();
+    // Idle for a heartbeat interval: a signed heartbeat with the newest commit certificate.
+    leader.on_tick(Time(2 + 2 * interval));
+    let r = leader.ready();
+    let hb = r
+        .messages
+        .iter()
+        .find_map(|m| match &m.message {
+            ReplicaMessage::Heartbeat(hb) => Some(hb.clone()),
+            _ => None,
+        })
+        .expect("a heartbeat");
+    assert_eq!(
+        hb.commit.as_ref().map(|cc| cc.subject.index),
+        Some(Index(1))
+    );
+    // Replica 3 never saw entry 1: the heartbeat makes it fetch, and the answer commits it.
+    let mut lagging = fx.replica(3, DurableState::default());
+    let m = fx.wire(0, &ReplicaMessage::Heartbeat(hb));
+    lagging.on_message(Time(3 + 2 * interval), ReplicaId(0), m);
+    assert_eq!(lagging.last_leader_contact(), Time(3 + 2 * interval));
+    let fetch = lagging.ready().messages;
+    assert!(matches!(
+        fetch[0].message,
+        ReplicaMessage::FetchEntries { .. }
+    ));
+    let m = fx.wire(3, &fetch[0].message);
+    leader.on_message(Time(4 + 2 * interval), ReplicaId(3), m);
+    let answer = leader.ready().messages;
+    let m = fx.wire(0, &answer[0].message);
+    lagging.on_message(Time(5 + 2 * interval), ReplicaId(0), m);
+    assert_eq!(lagging.commit_index(), Index(1));
+    // A heartbeat from a replica that does not lead the term is refused by the verifier.
+    let forged = Heartbeat::sign(&fx.cid(), &fx.keys[2], Term(0), None);
+    let bytes = crate::codec::encode(&ReplicaMessage::Heartbeat(forged)).unwrap();
+    let msg = crate::codec::decode(&bytes, 1 << 20).unwrap();
+    assert!(fx.verifier.verify_message(ReplicaId(2), msg).is_err());
 }

@@ -74,8 +74,8 @@ pub struct SimReport {
     pub accepted_txs: u64,
     /// The virtual time at which the run ended.
     pub end_time: Time,
-    /// Replicas whose committed log is shorter than the longest at the end (informational:
-    /// an idle cluster has no heartbeats yet to make laggards catch up).
+    /// Replicas whose committed log is shorter than the longest when the run ended (they are
+    /// catching up through heartbeats and fetches; informational).
     pub lagging_replicas: usize,
     /// Counters.
     pub counters: Counters,

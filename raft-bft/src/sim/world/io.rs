@@ -20,6 +20,11 @@ fn describe(msg: &ReplicaMessage) -> String {
         ReplicaMessage::Commit(c) => format!("Commit(CC i{})", c.subject.index),
         ReplicaMessage::Executed(c) => format!("Executed(EC i{})", c.subject.index),
         ReplicaMessage::Forward(tx) => format!("Forward(ts {})", tx.ts),
+        ReplicaMessage::Heartbeat(hb) => format!(
+            "Heartbeat(t{} commit {})",
+            hb.term,
+            hb.commit.as_ref().map_or(0, |cc| cc.subject.index.0)
+        ),
         ReplicaMessage::FetchEntries { from, to } => format!("FetchEntries({from}..={to})"),
         ReplicaMessage::Entries {
             entries,
