@@ -367,6 +367,19 @@ pub enum ReplicaMessage {
     Forward(SignedTx),
     /// Leader to all, when it has sent nothing else for a heartbeat interval.
     Heartbeat(Heartbeat),
+    /// A replica leaves its term and asks for `new_term`.
+    TermChange(TermChange),
+    /// The start of a term (self-certifying: anyone may relay it).
+    NewTerm(Arc<NewTerm>),
+    /// A new leader asks for an entry of its chosen log that it lacks.
+    FetchChosen {
+        /// The index.
+        index: Index,
+        /// The chosen hash at that index.
+        hash: Digest,
+    },
+    /// An entry, answering `FetchChosen` (the asker checks it against its chosen hash).
+    ChosenEntry(Arc<Entry>),
     /// Ask a peer for committed entries `from..=to`.
     FetchEntries {
         /// First index wanted.
@@ -394,6 +407,10 @@ impl ReplicaMessage {
             ReplicaMessage::Executed(_) => "executed",
             ReplicaMessage::Forward(_) => "forward",
             ReplicaMessage::Heartbeat(_) => "heartbeat",
+            ReplicaMessage::TermChange(_) => "term-change",
+            ReplicaMessage::NewTerm(_) => "new-term",
+            ReplicaMessage::FetchChosen { .. } => "fetch-chosen",
+            ReplicaMessage::ChosenEntry(_) => "chosen-entry",
             ReplicaMessage::FetchEntries { .. } => "fetch-entries",
             ReplicaMessage::Entries { .. } => "entries",
         }

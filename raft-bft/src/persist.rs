@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::message::{Certificate, Entry, Phase, VoteSubject};
+use crate::message::{Certificate, Entry, NewTerm, Phase, VoteSubject};
 use crate::types::{Index, Term};
 
 /// One thing to make durable.
@@ -22,6 +22,11 @@ pub enum PersistOp {
     Certificate(Certificate),
     /// Drop every entry at `index` and above (they were never committed).
     TruncateFrom(Index),
+    /// This replica left every term below `term` and is waiting for `term` to start (it votes in
+    /// no term until it enters one).
+    SeekTerm(Term),
+    /// This replica entered the term this (verified) NewTerm starts.
+    EnterTerm(Arc<NewTerm>),
 }
 
 /// A group of operations to make durable together (one sync).
@@ -45,6 +50,12 @@ pub struct DurableState {
     pub votes: BTreeMap<(Phase, Term, Index), VoteSubject>,
     /// Certificates by `(phase, index)`; the highest-term one is kept.
     pub certificates: BTreeMap<(Phase, Index), Certificate>,
+    /// The term this replica is in, or seeks.
+    pub term: Term,
+    /// True while this replica seeks `term` (it has not entered it yet).
+    pub seeking: bool,
+    /// The NewTerm that started `term` (none for term 0).
+    pub new_term: Option<Arc<NewTerm>>,
 }
 
 impl DurableState {
@@ -64,6 +75,19 @@ impl DurableState {
                     _ => {
                         self.certificates.insert(key, c);
                     }
+                }
+            }
+            PersistOp::SeekTerm(term) => {
+                if term > self.term {
+                    self.term = term;
+                    self.seeking = true;
+                }
+            }
+            PersistOp::EnterTerm(nt) => {
+                if nt.new_term > self.term || (nt.new_term == self.term && self.seeking) {
+                    self.term = nt.new_term;
+                    self.seeking = false;
+                    self.new_term = Some(nt);
                 }
             }
             PersistOp::TruncateFrom(index) => {

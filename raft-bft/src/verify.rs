@@ -103,6 +103,19 @@ pub enum VerifiedMessage {
     Executed(Certificate),
     /// A client tx forwarded by a follower.
     Forward(CheckedTx),
+    /// A valid TermChange from its signer.
+    TermChange(TermChange),
+    /// A valid NewTerm and the log it chooses.
+    NewTerm(Arc<NewTerm>, ChosenLog),
+    /// A request for a chosen entry.
+    FetchChosen {
+        /// The index.
+        index: Index,
+        /// The hash.
+        hash: Digest,
+    },
+    /// An entry whose txs verified (its place in the log is the replica's to check).
+    ChosenEntry(CheckedEntry),
     /// A heartbeat signed by the leader of `term`, with a valid commit certificate if any.
     Heartbeat {
         /// The leader's term.
@@ -437,6 +450,25 @@ impl Verifier {
                 self.verify_certificate(&c, Phase::Commit)?;
                 VerifiedMessage::Executed(c)
             }
+            ReplicaMessage::TermChange(tc) => {
+                VerifiedMessage::TermChange(self.verify_term_change(from, tc)?.into_inner())
+            }
+            ReplicaMessage::NewTerm(nt) => {
+                let (nt, chosen) = self.verify_new_term(nt)?.into_inner();
+                VerifiedMessage::NewTerm(nt, chosen)
+            }
+            ReplicaMessage::FetchChosen { index, hash } => {
+                if index == Index(0) {
+                    return Err(VerifyError::Malformed {
+                        what: "fetch chosen",
+                        why: "index 0 is the genesis entry",
+                    });
+                }
+                VerifiedMessage::FetchChosen { index, hash }
+            }
+            ReplicaMessage::ChosenEntry(entry) => {
+                VerifiedMessage::ChosenEntry(self.verify_entry(entry)?)
+            }
             ReplicaMessage::Heartbeat(hb) => {
                 let leader = self.cluster.leader_of(hb.term);
                 if from != leader {
@@ -676,21 +708,12 @@ impl Verifier {
         Ok(())
     }
 
-    /// Verifies a NewTerm from `from`: it leads the new term, its TermChange messages are a valid
-    /// quorum, and its chosen list is exactly the one they determine.
+    /// Verifies a NewTerm: its TermChange messages are a valid quorum and its chosen list is
+    /// exactly the one they determine. It proves itself, so it may come from any replica.
     pub fn verify_new_term(
         &mut self,
-        from: ReplicaId,
-        nt: NewTerm,
-    ) -> Result<Verified<(NewTerm, ChosenLog)>, VerifyError> {
-        let leader = self.cluster.leader_of(nt.new_term);
-        if from != leader {
-            return Err(VerifyError::WrongSender {
-                what: "new term",
-                from,
-                expected: leader,
-            });
-        }
+        nt: Arc<NewTerm>,
+    ) -> Result<Verified<(Arc<NewTerm>, ChosenLog)>, VerifyError> {
         if nt.term_changes.len() > self.cluster.n() {
             return Err(VerifyError::TooLarge {
                 what: "term changes in a new term",

@@ -423,22 +423,18 @@ fn term_changes_and_new_terms_are_verified() {
         term_changes: changes.clone(),
         chosen: chosen.clone(),
     };
-    let verified = v.verify_new_term(ReplicaId(2), nt.clone()).unwrap();
+    let verified = v.verify_new_term(Arc::new(nt.clone())).unwrap();
     assert_eq!(verified.1.list(), chosen);
-    assert!(matches!(
-        v.verify_new_term(ReplicaId(1), nt.clone()),
-        Err(VerifyError::WrongSender { .. })
-    ));
     let mut wrong = nt.clone();
     wrong.chosen.pop();
     assert!(matches!(
-        v.verify_new_term(ReplicaId(2), wrong),
+        v.verify_new_term(Arc::new(wrong)),
         Err(VerifyError::Malformed { .. })
     ));
     let mut short = nt;
     short.term_changes.pop();
     assert!(matches!(
-        v.verify_new_term(ReplicaId(2), short),
+        v.verify_new_term(Arc::new(short)),
         Err(VerifyError::Choice(ChoiceError::TooFew { .. }))
     ));
 }

@@ -30,8 +30,8 @@ pub(crate) struct FollowerState {
     /// Per peer, when this replica last served it and the range's first index: bounds what a
     /// peer can make this replica send.
     served: BTreeMap<ReplicaId, (Time, Index)>,
-    /// When this replica last heard from the leader of its term.
-    leader_contact: Time,
+    /// Catch up at least to this index (set when a new term's base is above our log).
+    goal: Index,
 }
 
 impl FollowerState {
@@ -40,8 +40,8 @@ impl FollowerState {
             .map(|(at, _)| at.after(cluster.params().heartbeat_interval))
     }
 
-    pub(crate) fn leader_contact(&self) -> Time {
-        self.leader_contact
+    pub(crate) fn catch_up_to(&mut self, index: Index) {
+        self.goal = self.goal.max(index);
     }
 
     /// How far ahead of the tip out-of-order messages are kept.
@@ -59,12 +59,12 @@ impl<S: StateMachine> Replica<S> {
         entry: CheckedEntry,
         leader_sig: Signature,
     ) -> bool {
-        if term != self.term {
+        if term != self.term || self.terms.seeking {
             self.refuse("pre-append for another term");
             return false;
         }
-        if entry.entry.term != term {
-            self.refuse("pre-append of an entry from another term");
+        if let Err(why) = self.fits_chosen_log(&entry) {
+            self.refuse(why);
             return false;
         }
         let index = entry.entry.index;
@@ -116,6 +116,7 @@ impl<S: StateMachine> Replica<S> {
         if !self.vote(subject) {
             return false;
         }
+        self.terms.pre_appended_at.insert(index, self.now);
         self.after_log_grew();
         true
     }
@@ -164,11 +165,10 @@ impl<S: StateMachine> Replica<S> {
     /// Handles the leader's heartbeat: a follower that missed commits catches up from its
     /// certificate (committing what it holds, fetching what it lacks).
     pub(super) fn on_heartbeat(&mut self, term: Term, commit: Option<Certificate>) {
-        if term != self.term {
+        if term != self.term || self.terms.seeking {
             self.refuse("heartbeat for another term");
             return;
         }
-        self.follower.leader_contact = self.now;
         if let Some(cc) = commit.filter(|cc| cc.subject.index > self.log.commit_index()) {
             self.on_committed(cc);
         }
@@ -177,6 +177,7 @@ impl<S: StateMachine> Replica<S> {
     /// Handles a prepared certificate (an Append message).
     pub(super) fn on_prepared(&mut self, pc: Certificate) {
         let s = pc.subject;
+        self.note_term_evidence(s.term);
         if s.term != self.term {
             self.refuse("prepared certificate of another term");
             return;
@@ -238,6 +239,7 @@ impl<S: StateMachine> Replica<S> {
     /// Handles a commit certificate (a Commit message, or the leader's own).
     pub(super) fn on_committed(&mut self, cc: Certificate) {
         let s = cc.subject;
+        self.note_term_evidence(s.term);
         if s.index > self.log.tip() {
             self.keep_early_certificate(cc);
             self.request_fetch();
@@ -253,8 +255,7 @@ impl<S: StateMachine> Replica<S> {
                 // The entry held here was never committed (the CC proves another one): drop it
                 // and everything after it, then fetch the committed one.
                 self.refuse("commit certificate for another entry; replacing the suffix");
-                self.persist(PersistOp::TruncateFrom(s.index));
-                self.log.truncate_from(s.index);
+                self.truncate_log(s.index);
                 self.keep_early_certificate(cc);
                 self.request_fetch();
                 return;
@@ -273,6 +274,8 @@ impl<S: StateMachine> Replica<S> {
         }
         self.persist(PersistOp::Certificate(cc.clone()));
         self.log.set_committed(cc);
+        let commit = self.log.commit_index();
+        self.terms.pre_appended_at = self.terms.pre_appended_at.split_off(&commit.next());
         self.execute_committed();
         self.vote_appends(None);
     }
@@ -302,20 +305,22 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Asks a peer for the committed entries this replica lacks, unless a fetch is in progress.
-    fn request_fetch(&mut self) {
+    pub(super) fn request_fetch(&mut self) {
         if self.follower.fetch.is_some() {
             return; // answered, or timed out in `follower_tick`
         }
-        let Some(target) = self
+        let early = self
             .follower
             .early_certificates
             .keys()
             .filter(|(_, phase)| *phase == Phase::Append)
             .map(|(i, _)| *i)
             .next_back()
-        else {
+            .unwrap_or(Index(0));
+        let target = early.max(self.follower.goal);
+        if target == Index(0) {
             return;
-        };
+        }
         let from = self.log.commit_index().next();
         if target < from {
             return;
@@ -443,8 +448,7 @@ impl<S: StateMachine> Replica<S> {
                     self.refuse("fetched entry conflicts with a committed entry");
                     return;
                 }
-                self.persist(PersistOp::TruncateFrom(index));
-                self.log.truncate_from(index);
+                self.truncate_log(index);
             }
             if index != self.log.tip().next() || entry.entry.prev_hash != self.log.tip_hash() {
                 self.refuse("fetched entries do not extend the log");

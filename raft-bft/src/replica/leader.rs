@@ -83,6 +83,11 @@ impl LeaderState {
         }
     }
 
+    /// Stops driving the entries from `index` on (they left the log).
+    pub(crate) fn forget_from(&mut self, index: Index) {
+        self.inflight.split_off(&index);
+    }
+
     /// Entries proposed and not yet committed.
     fn pipeline_len(&self) -> usize {
         self.inflight
@@ -144,8 +149,13 @@ impl<S: StateMachine> Replica<S> {
         }
         let Some(leader) = self.leader.as_mut() else {
             if direct {
+                // Forwarded, and watched: not executed within the request timeout means the
+                // leader is censoring or slow (PROTOCOL.md section 4).
                 let to = self.cluster.leader_of(self.term);
-                self.send(Target::Replica(to), ReplicaMessage::Forward(tx.tx));
+                if to != self.id {
+                    self.terms.watch_forwarded(client, tx.tx.ts, self.now);
+                    self.send(Target::Replica(to), ReplicaMessage::Forward(tx.tx));
+                }
             }
             return;
         };
@@ -173,6 +183,9 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn maybe_propose(&mut self) {
         let params = self.cluster.params().clone();
         loop {
+            if self.log.tip() < self.terms.chosen_end() {
+                return; // the chosen log is still being proposed again
+            }
             let Some(leader) = self.leader.as_mut() else {
                 return;
             };
@@ -224,6 +237,13 @@ impl<S: StateMachine> Replica<S> {
             self.log.tip_hash(),
             txs,
         );
+        self.propose_entry(entry);
+    }
+
+    /// Proposes `entry` at its index in the current term: a fresh batch, or an entry of the
+    /// chosen log proposed again by a new leader.
+    pub(super) fn propose_entry(&mut self, entry: CheckedEntry) {
+        let index = entry.entry.index;
         let hash = entry.hash;
         let leader_sig = self.key.sign(&pre_append_digest(
             &self.cluster_id,
@@ -266,7 +286,11 @@ impl<S: StateMachine> Replica<S> {
             let Some(slot) = self.log.get(Index(i)) else {
                 break;
             };
-            if slot.entry.entry.term != self.term {
+            // Only what this leader proposed in its term (its own PreAppend vote says so).
+            if !self
+                .votes
+                .contains_key(&(Phase::PreAppend, self.term, Index(i)))
+            {
                 continue;
             }
             let hash = slot.entry.hash;

@@ -14,6 +14,7 @@ mod follower;
 mod leader;
 mod log;
 mod outbox;
+mod term;
 #[cfg(test)]
 mod tests;
 
@@ -83,6 +84,10 @@ pub struct Metrics {
     pub retransmissions: u64,
     /// Fetch requests sent.
     pub fetches_sent: u64,
+    /// Term changes this replica started or joined.
+    pub term_changes_started: u64,
+    /// Terms this replica entered.
+    pub terms_entered: u64,
     /// Heartbeats sent as leader.
     pub heartbeats_sent: u64,
     /// Inputs refused by the protocol logic, by reason.
@@ -114,6 +119,7 @@ pub struct Replica<S> {
     votes: BTreeMap<(Phase, Term, Index), VoteSubject>,
     leader: Option<LeaderState>,
     follower: follower::FollowerState,
+    terms: term::TermState,
     /// The newest execution certificate seen.
     latest_ec: Option<Certificate>,
     diverged: Option<Divergence>,
@@ -148,6 +154,7 @@ impl<S: StateMachine> Replica<S> {
             votes: durable.votes,
             leader: None,
             follower: follower::FollowerState::default(),
+            terms: term::TermState::new(now, cluster.params().term_change_timeout),
             latest_ec: None,
             diverged: None,
             outbox: Outbox::new(),
@@ -155,9 +162,34 @@ impl<S: StateMachine> Replica<S> {
             cluster,
         };
         replica.recover(durable.entries, durable.certificates)?;
-        if replica.cluster.leader_of(replica.term) == id {
+        replica.term = durable.term;
+        if let Some(nt) = durable.new_term {
+            // Our own durable record of a NewTerm we verified when we entered its term.
+            let cluster = &replica.cluster;
+            if let Ok(chosen) = crate::choice::choose(
+                cluster.cluster_id(),
+                cluster.quorum(),
+                nt.new_term,
+                &nt.term_changes,
+            ) {
+                replica.terms.chosen = chosen
+                    .entries
+                    .iter()
+                    .map(|e| (e.header.index, e.hash))
+                    .collect();
+                replica.terms.base = chosen.base_index();
+            }
+            replica.terms.new_term = Some(nt);
+        }
+        if durable.seeking {
+            // Ask again for the term we were seeking when we stopped.
+            replica.terms.seeking = true;
+            let tc = replica.own_term_change_for_restart();
+            replica.send(Target::AllOthers, ReplicaMessage::TermChange(tc));
+        } else if replica.cluster.leader_of(replica.term) == id {
             replica.leader = Some(LeaderState::new(&replica.log));
             replica.resume_proposals();
+            replica.repropose_chosen();
         }
         Ok(replica)
     }
@@ -247,6 +279,7 @@ impl<S: StateMachine> Replica<S> {
         self.now = self.now.max(now);
         self.leader_tick();
         self.follower_tick();
+        self.term_tick();
         self.after_input();
     }
 
@@ -269,10 +302,16 @@ impl<S: StateMachine> Replica<S> {
         while let Some(vote) = self.outbox.next_loopback() {
             self.on_vote(vote);
         }
+        if self.leader.is_some() && self.log.tip() < self.terms.chosen_end() {
+            self.repropose_chosen();
+        }
         self.maybe_propose();
     }
 
     fn dispatch(&mut self, from: ReplicaId, msg: VerifiedMessage) {
+        if from != self.id && !self.terms.seeking && from == self.cluster.leader_of(self.term) {
+            self.terms.leader_contact = self.now;
+        }
         match msg {
             VerifiedMessage::PreAppend {
                 term,
@@ -290,6 +329,10 @@ impl<S: StateMachine> Replica<S> {
             }
             VerifiedMessage::Forward(tx) => self.client_tx(tx, false),
             VerifiedMessage::Heartbeat { term, commit } => self.on_heartbeat(term, commit),
+            VerifiedMessage::TermChange(tc) => self.on_term_change(tc),
+            VerifiedMessage::NewTerm(nt, chosen) => self.on_new_term(nt, chosen),
+            VerifiedMessage::FetchChosen { index, hash } => self.serve_chosen(from, index, hash),
+            VerifiedMessage::ChosenEntry(entry) => self.on_chosen_entry(entry),
             VerifiedMessage::FetchEntries { from: lo, to: hi } => self.serve_fetch(from, lo, hi),
             VerifiedMessage::Entries {
                 entries,
@@ -322,9 +365,23 @@ impl<S: StateMachine> Replica<S> {
         self.outbox.persist(op);
     }
 
+    /// Drops the entries from `index` on (never committed): from disk, from the log, and from
+    /// what the leader still drives or the commit timer watches.
+    fn truncate_log(&mut self, index: Index) {
+        self.persist(PersistOp::TruncateFrom(index));
+        self.log.truncate_from(index);
+        if let Some(leader) = self.leader.as_mut() {
+            leader.forget_from(index);
+        }
+        self.terms.pre_appended_at.split_off(&index);
+    }
+
     /// Casts a vote unless this replica already voted differently at `(phase, term, index)`.
     /// Persists the vote, and sends it to the leader once durable. Returns false if refused.
     fn vote(&mut self, subject: VoteSubject) -> bool {
+        if self.terms.seeking || subject.term != self.term {
+            return false; // no votes while changing terms, nor in any term but the current one
+        }
         let key = (subject.phase, subject.term, subject.index);
         match self.votes.get(&key) {
             Some(prev) if *prev != subject => {
@@ -421,10 +478,8 @@ impl<S: StateMachine> Replica<S> {
             .as_ref()
             .and_then(|l| l.next_deadline(&self.cluster));
         let follower = self.follower.next_deadline(&self.cluster);
-        match (leader, follower) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let term = self.term_deadline();
+        [leader, follower, term].into_iter().flatten().min()
     }
 
     // ----- inspection -----
@@ -451,7 +506,12 @@ impl<S: StateMachine> Replica<S> {
 
     /// When this replica last heard a heartbeat from the leader of its term (`Time(0)`: never).
     pub fn last_leader_contact(&self) -> Time {
-        self.follower.leader_contact()
+        self.terms.leader_contact
+    }
+
+    /// True while this replica is changing terms (it has left its term and seeks the next).
+    pub fn is_changing_term(&self) -> bool {
+        self.terms.seeking
     }
 
     /// The highest committed index this replica knows.

@@ -20,6 +20,17 @@ fn describe(msg: &ReplicaMessage) -> String {
         ReplicaMessage::Commit(c) => format!("Commit(CC i{})", c.subject.index),
         ReplicaMessage::Executed(c) => format!("Executed(EC i{})", c.subject.index),
         ReplicaMessage::Forward(tx) => format!("Forward(ts {})", tx.ts),
+        ReplicaMessage::TermChange(tc) => format!(
+            "TermChange(t{} from r{}, {} prepared)",
+            tc.new_term,
+            tc.replica.0,
+            tc.prepared.len()
+        ),
+        ReplicaMessage::NewTerm(nt) => {
+            format!("NewTerm(t{}, {} chosen)", nt.new_term, nt.chosen.len())
+        }
+        ReplicaMessage::FetchChosen { index, .. } => format!("FetchChosen(i{index})"),
+        ReplicaMessage::ChosenEntry(e) => format!("ChosenEntry(i{})", e.index),
         ReplicaMessage::Heartbeat(hb) => format!(
             "Heartbeat(t{} commit {})",
             hb.term,
