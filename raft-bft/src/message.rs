@@ -350,6 +350,20 @@ impl Heartbeat {
     }
 }
 
+/// Two PreAppends signed by the leader of `term` for different entries at one index: proof
+/// that the leader equivocated, naming it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EquivocationProof {
+    /// The term (its leader is the culprit).
+    pub term: Term,
+    /// The index.
+    pub index: Index,
+    /// One entry hash and the leader's signature on it.
+    pub first: (Digest, Signature),
+    /// Another entry hash and the leader's signature on it.
+    pub second: (Digest, Signature),
+}
+
 /// Messages between replicas.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaMessage {
@@ -380,6 +394,8 @@ pub enum ReplicaMessage {
     },
     /// An entry, answering `FetchChosen` (the asker checks it against its chosen hash).
     ChosenEntry(Arc<Entry>),
+    /// Proof that a leader equivocated, forwarded to all.
+    Equivocation(EquivocationProof),
     /// Ask a peer for committed entries `from..=to`.
     FetchEntries {
         /// First index wanted.
@@ -411,6 +427,7 @@ impl ReplicaMessage {
             ReplicaMessage::NewTerm(_) => "new-term",
             ReplicaMessage::FetchChosen { .. } => "fetch-chosen",
             ReplicaMessage::ChosenEntry(_) => "chosen-entry",
+            ReplicaMessage::Equivocation(_) => "equivocation",
             ReplicaMessage::FetchEntries { .. } => "fetch-entries",
             ReplicaMessage::Entries { .. } => "entries",
         }

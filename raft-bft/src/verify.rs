@@ -13,8 +13,9 @@ use crate::crypto::{self, BatchVerifier, CoefficientRng, SignatureError};
 use crate::manifest::Cluster;
 use crate::merkle;
 use crate::message::{
-    entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, Entry, NewTerm,
-    Phase, PreAppend, ReplicaMessage, Reply, SignedTx, TermChange, Vote, VoteSubject,
+    entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, Entry,
+    EquivocationProof, NewTerm, Phase, PreAppend, ReplicaMessage, Reply, SignedTx, TermChange,
+    Vote, VoteSubject,
 };
 use crate::types::{Digest, Index, ReplicaId, Signature, Term, TxId};
 
@@ -116,6 +117,8 @@ pub enum VerifiedMessage {
     },
     /// An entry whose txs verified (its place in the log is the replica's to check).
     ChosenEntry(CheckedEntry),
+    /// A valid equivocation proof.
+    Equivocation(EquivocationProof),
     /// A heartbeat signed by the leader of `term`, with a valid commit certificate if any.
     Heartbeat {
         /// The leader's term.
@@ -466,6 +469,9 @@ impl Verifier {
                 }
                 VerifiedMessage::FetchChosen { index, hash }
             }
+            ReplicaMessage::Equivocation(proof) => {
+                VerifiedMessage::Equivocation(self.verify_equivocation(proof)?.into_inner())
+            }
             ReplicaMessage::ChosenEntry(entry) => {
                 VerifiedMessage::ChosenEntry(self.verify_entry(entry)?)
             }
@@ -625,6 +631,34 @@ impl Verifier {
             entries,
             certificate,
         })
+    }
+
+    /// Verifies an equivocation proof: two different entry hashes at one `(term, index)`, both
+    /// signed by the leader of `term`.
+    pub fn verify_equivocation(
+        &mut self,
+        proof: EquivocationProof,
+    ) -> Result<Verified<EquivocationProof>, VerifyError> {
+        if proof.first.0 == proof.second.0 {
+            return Err(VerifyError::Malformed {
+                what: "equivocation proof",
+                why: "the two entries are the same",
+            });
+        }
+        let leader = self.cluster.leader_of(proof.term);
+        let key = *self
+            .cluster
+            .key_of(leader)
+            .ok_or(VerifyError::NonMember(leader))?;
+        let cid = *self.cluster.cluster_id();
+        for (hash, sig) in [&proof.first, &proof.second] {
+            let digest = pre_append_digest(&cid, proof.term, proof.index, hash);
+            crypto::verify(&key, &digest, sig).map_err(|source| VerifyError::Signature {
+                what: "equivocation proof",
+                source,
+            })?;
+        }
+        Ok(Verified(proof))
     }
 
     /// The most prepared entries a TermChange may report: everything a replica can hold above

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::HashMap;
 use super::{Replica, Target};
 use crate::manifest::Cluster;
-use crate::message::{Certificate, Phase, ReplicaMessage, VoteSubject};
+use crate::message::{Certificate, EquivocationProof, Phase, ReplicaMessage, VoteSubject};
 use crate::persist::PersistOp;
 use crate::state_machine::StateMachine;
 use crate::types::{Index, ReplicaId, Signature, Term, Time};
@@ -76,9 +76,27 @@ impl<S: StateMachine> Replica<S> {
             state_digest: None,
         };
         if index <= self.log.tip() {
-            if self.log.hash_at(index) != Some(entry.hash) {
-                self.refuse("pre-append conflicts with the entry held at its index");
+            let Some(slot) = self.log.get_mut(index) else {
                 return false;
+            };
+            if slot.entry.hash != entry.hash {
+                let evidence =
+                    slot.proposal
+                        .filter(|(t, _)| *t == term)
+                        .map(|(_, sig)| EquivocationProof {
+                            term,
+                            index,
+                            first: (slot.entry.hash, sig),
+                            second: (entry.hash, leader_sig),
+                        });
+                self.refuse("pre-append conflicts with the entry held at its index");
+                if let Some(proof) = evidence {
+                    self.on_equivocation(proof);
+                }
+                return false;
+            }
+            if slot.proposal.is_none_or(|(t, _)| t < term) {
+                slot.proposal = Some((term, leader_sig));
             }
             // A retransmission: answer again (voting is idempotent for the same subject).
             return self.vote(subject);
@@ -113,6 +131,9 @@ impl<S: StateMachine> Replica<S> {
         }
         self.persist(PersistOp::Entry(Arc::clone(&entry.entry)));
         self.log.push(entry);
+        if let Some(slot) = self.log.get_mut(index) {
+            slot.proposal = Some((term, leader_sig));
+        }
         if !self.vote(subject) {
             return false;
         }

@@ -2,7 +2,7 @@
 
 use super::HashMap;
 use crate::message::Certificate;
-use crate::types::{ClientId, Digest, Index, Term};
+use crate::types::{ClientId, Digest, Index, Signature, Term};
 use crate::verify::CheckedEntry;
 
 /// One log position.
@@ -13,6 +13,9 @@ pub(crate) struct Slot {
     pub(crate) prepared: Option<Certificate>,
     /// A commit certificate for this entry, if this replica holds one.
     pub(crate) committed: Option<Certificate>,
+    /// The leader's PreAppend signature it was accepted with, and its term (kept as evidence
+    /// should the leader propose another entry at this index in that term).
+    pub(crate) proposal: Option<(Term, Signature)>,
 }
 
 /// Entries `1..=tip`, contiguous. Index 0 is genesis, whose hash is the cluster id.
@@ -79,6 +82,7 @@ impl Log {
             entry,
             prepared: None,
             committed: None,
+            proposal: None,
         });
     }
 

@@ -120,6 +120,8 @@ pub struct Replica<S> {
     leader: Option<LeaderState>,
     follower: follower::FollowerState,
     terms: term::TermState,
+    /// Proofs of leaders' equivocation, naming the culprits.
+    evidence: Vec<crate::message::EquivocationProof>,
     /// The newest execution certificate seen.
     latest_ec: Option<Certificate>,
     diverged: Option<Divergence>,
@@ -155,6 +157,7 @@ impl<S: StateMachine> Replica<S> {
             leader: None,
             follower: follower::FollowerState::default(),
             terms: term::TermState::new(now, cluster.params().term_change_timeout),
+            evidence: Vec::new(),
             latest_ec: None,
             diverged: None,
             outbox: Outbox::new(),
@@ -333,6 +336,7 @@ impl<S: StateMachine> Replica<S> {
             VerifiedMessage::NewTerm(nt, chosen) => self.on_new_term(nt, chosen),
             VerifiedMessage::FetchChosen { index, hash } => self.serve_chosen(from, index, hash),
             VerifiedMessage::ChosenEntry(entry) => self.on_chosen_entry(entry),
+            VerifiedMessage::Equivocation(proof) => self.on_equivocation(proof),
             VerifiedMessage::FetchEntries { from: lo, to: hi } => self.serve_fetch(from, lo, hi),
             VerifiedMessage::Entries {
                 entries,
@@ -507,6 +511,11 @@ impl<S: StateMachine> Replica<S> {
     /// When this replica last heard a heartbeat from the leader of its term (`Time(0)`: never).
     pub fn last_leader_contact(&self) -> Time {
         self.terms.leader_contact
+    }
+
+    /// Proofs of equivocation this replica holds (each names a culprit: the leader of its term).
+    pub fn evidence(&self) -> &[crate::message::EquivocationProof] {
+        &self.evidence
     }
 
     /// True while this replica is changing terms (it has left its term and seeks the next).

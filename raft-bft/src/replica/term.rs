@@ -9,7 +9,9 @@ use super::leader::LeaderState;
 use super::{Replica, Target};
 use crate::choice::{self, ChosenLog};
 use crate::merkle;
-use crate::message::{EntryHeader, NewTerm, PreparedEntry, ReplicaMessage, TermChange};
+use crate::message::{
+    EntryHeader, EquivocationProof, NewTerm, PreparedEntry, ReplicaMessage, TermChange,
+};
 use crate::persist::PersistOp;
 use crate::state_machine::StateMachine;
 use crate::types::{ClientId, Digest, Index, ReplicaId, Term, Time};
@@ -17,6 +19,9 @@ use crate::verify::CheckedEntry;
 
 /// Most forwarded txs a follower watches for the request timer.
 const MAX_WATCHED_REQUESTS: usize = 4096;
+
+/// Most equivocation proofs kept (one per term, the newest).
+const MAX_EVIDENCE: usize = 64;
 
 /// What a replica tracks about terms.
 #[derive(Debug)]
@@ -321,6 +326,28 @@ impl<S: StateMachine> Replica<S> {
         });
         self.send(Target::AllOthers, ReplicaMessage::NewTerm(Arc::clone(&nt)));
         self.enter_term(nt, chosen);
+    }
+
+    /// Proof that the leader of `proof.term` equivocated: kept as evidence naming it, forwarded
+    /// to every replica once, and, for the current term, a reason to leave it at once.
+    pub(super) fn on_equivocation(&mut self, proof: EquivocationProof) {
+        if self.evidence.iter().any(|p| p.term == proof.term) {
+            return;
+        }
+        let culprit = self.cluster.leader_of(proof.term);
+        tracing::warn!(replica = %self.id, term = %proof.term, %culprit, "leader equivocated");
+        self.send(
+            Target::AllOthers,
+            ReplicaMessage::Equivocation(proof.clone()),
+        );
+        let term = proof.term;
+        self.evidence.push(proof);
+        if self.evidence.len() > MAX_EVIDENCE {
+            self.evidence.remove(0);
+        }
+        if term == self.term && !self.terms.seeking {
+            self.seek_term(term.next(), "the leader equivocated");
+        }
     }
 
     /// A verified NewTerm (from anyone).

@@ -215,20 +215,6 @@ fn follower_votes_after_persisting_and_refuses_bad_proposals() {
     assert_eq!(votes[0].phase, Phase::PreAppend);
     assert_eq!(ready.messages[0].to, Target::Replica(ReplicaId(0)));
 
-    // A second, different entry at the same (term, index): equivocation, refused, no vote.
-    let t2 = fx.signed(2, 1, b"b");
-    let other = fx.pre_append(Term(0), 1, fx.cid(), vec![t2]);
-    let m = fx.wire(0, &ReplicaMessage::PreAppend(other));
-    f.on_message(Time(3), ReplicaId(0), m);
-    let ready = f.ready();
-    assert!(ready.persist.is_none() && votes_in(&ready).is_empty());
-    assert_eq!(
-        f.metrics()
-            .refused
-            .get("pre-append conflicts with the entry held at its index"),
-        Some(&1)
-    );
-
     // A retransmission of the same entry gets the same vote again.
     let m = fx.wire(0, &ReplicaMessage::PreAppend(good));
     f.on_message(Time(4), ReplicaId(0), m);
@@ -246,6 +232,41 @@ fn follower_votes_after_persisting_and_refuses_bad_proposals() {
             .get("pre-append holds a stale or repeated tx"),
         Some(&1)
     );
+
+    // A second, different entry at the same (term, index), signed by the leader: equivocation.
+    // Refused, no vote; the two signed proposals become evidence naming the leader, and the
+    // replica leaves the term at once.
+    let t2 = fx.signed(2, 1, b"b");
+    let other = fx.pre_append(Term(0), 1, fx.cid(), vec![t2]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(other));
+    f.on_message(Time(6), ReplicaId(0), m);
+    let ready = f.ready();
+    assert!(votes_in(&ready).is_empty());
+    // The proof states nothing about this replica: it is forwarded at once. Its TermChange
+    // waits for the durable record that it left the term.
+    let kinds: Vec<&str> = ready.messages.iter().map(|m| m.message.kind()).collect();
+    assert_eq!(kinds, vec!["equivocation"]);
+    assert_eq!(
+        f.metrics()
+            .refused
+            .get("pre-append conflicts with the entry held at its index"),
+        Some(&1)
+    );
+    assert_eq!(f.evidence().len(), 1);
+    let proof = f.evidence()[0].clone();
+    assert_eq!((proof.term, proof.index), (Term(0), Index(1)));
+    fx.verifier.verify_equivocation(proof).unwrap();
+    let batch = ready.persist.expect("the term change to persist");
+    assert!(batch.ops.contains(&PersistOp::SeekTerm(Term(1))));
+    f.on_persisted(Time(7), batch.id);
+    let kinds: Vec<&str> = f
+        .ready()
+        .messages
+        .iter()
+        .map(|m| m.message.kind())
+        .collect();
+    assert_eq!(kinds, vec!["term-change"]);
+    assert!(f.is_changing_term());
 }
 
 #[test]

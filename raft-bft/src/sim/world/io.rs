@@ -31,6 +31,7 @@ fn describe(msg: &ReplicaMessage) -> String {
         }
         ReplicaMessage::FetchChosen { index, .. } => format!("FetchChosen(i{index})"),
         ReplicaMessage::ChosenEntry(e) => format!("ChosenEntry(i{})", e.index),
+        ReplicaMessage::Equivocation(p) => format!("Equivocation(t{} i{})", p.term, p.index),
         ReplicaMessage::Heartbeat(hb) => format!(
             "Heartbeat(t{} commit {})",
             hb.term,
