@@ -20,8 +20,9 @@ use raft_bft::config::Params;
 use raft_bft::manifest::{Manifest, ReplicaInfo};
 use raft_bft::merkle::MerkleProof;
 use raft_bft::message::{
-    Certificate, Entry, Heartbeat, Outcome, Phase, PreAppend, Rejection, ReplicaMessage, Reply,
-    SignedTx, Vote, VoteSubject,
+    Certificate, Entry, EntryHeader, EquivocationProof, Heartbeat, NewTerm, Outcome, Phase,
+    PreAppend, PreparedEntry, Rejection, ReplicaMessage, Reply, SignedTx, TermChange, Vote,
+    VoteSubject,
 };
 use raft_bft::types::{Digest, Index, PublicKey, ReplicaId, Signature, Term};
 use serde::de::DeserializeOwned;
@@ -122,8 +123,81 @@ fn certificate() -> impl Strategy<Value = Certificate> {
         .prop_map(|(subject, sigs)| Certificate { subject, sigs })
 }
 
+fn header() -> impl Strategy<Value = EntryHeader> {
+    (term(), index(), digest(), digest()).prop_map(|(term, index, prev_hash, tx_root)| {
+        EntryHeader {
+            term,
+            index,
+            prev_hash,
+            tx_root,
+        }
+    })
+}
+
+fn term_change() -> impl Strategy<Value = TermChange> {
+    (
+        term(),
+        proptest::option::of(certificate()),
+        vec((certificate(), header()), 0..3),
+        replica_id(),
+        signature(),
+    )
+        .prop_map(|(new_term, stable, prepared, replica, sig)| TermChange {
+            new_term,
+            stable,
+            prepared: prepared
+                .into_iter()
+                .map(|(certificate, header)| PreparedEntry {
+                    certificate,
+                    header,
+                })
+                .collect(),
+            replica,
+            sig,
+        })
+}
+
+/// The term-change messages (kept apart so `prop_oneof!` stays within its arity).
+fn term_change_message() -> impl Strategy<Value = ReplicaMessage> {
+    prop_oneof![
+        term_change().prop_map(ReplicaMessage::TermChange),
+        (
+            term(),
+            vec(term_change(), 0..3),
+            vec((index(), digest()), 0..3)
+        )
+            .prop_map(|(new_term, term_changes, chosen)| ReplicaMessage::NewTerm(
+                NewTerm {
+                    new_term,
+                    term_changes,
+                    chosen
+                }
+                .into()
+            )),
+        (index(), digest()).prop_map(|(index, hash)| ReplicaMessage::FetchChosen { index, hash }),
+        entry().prop_map(|e| ReplicaMessage::ChosenEntry(e.into())),
+        (
+            term(),
+            index(),
+            digest(),
+            signature(),
+            digest(),
+            signature()
+        )
+            .prop_map(
+                |(term, index, h1, s1, h2, s2)| ReplicaMessage::Equivocation(EquivocationProof {
+                    term,
+                    index,
+                    first: (h1, s1),
+                    second: (h2, s2),
+                })
+            ),
+    ]
+}
+
 fn replica_message() -> impl Strategy<Value = ReplicaMessage> {
     prop_oneof![
+        term_change_message(),
         (term(), entry(), signature()).prop_map(|(term, entry, leader_sig)| {
             ReplicaMessage::PreAppend(PreAppend {
                 term,

@@ -624,3 +624,80 @@ fn an_idle_leader_heartbeats_and_a_follower_catches_up_from_it() {
     let msg = crate::codec::decode(&bytes, 1 << 20).unwrap();
     assert!(fx.verifier.verify_message(ReplicaId(2), msg).is_err());
 }
+
+#[test]
+fn one_replica_alone_cannot_force_a_term_change_but_f_plus_one_can() {
+    let mut fx = Fixture::new(4);
+    let mut f = fx.replica(2, DurableState::default());
+    let change = |fx: &Fixture, from: u32, term: u64| {
+        crate::message::TermChange::sign(
+            &fx.cid(),
+            &fx.keys[from as usize],
+            ReplicaId(from),
+            Term(term),
+            None,
+            vec![],
+        )
+    };
+    // One replica pushes a very high term: stored, but no move.
+    let m = fx.wire(3, &ReplicaMessage::TermChange(change(&fx, 3, 7)));
+    f.on_message(Time(1), ReplicaId(3), m);
+    assert_eq!((f.term(), f.is_changing_term()), (Term(0), false));
+    // A second one (f + 1 = 2 in n = 4) asks for term 5: join the smallest of them, 5.
+    let m = fx.wire(1, &ReplicaMessage::TermChange(change(&fx, 1, 5)));
+    f.on_message(Time(2), ReplicaId(1), m);
+    assert_eq!((f.term(), f.is_changing_term()), (Term(5), true));
+    // Its own TermChange for 5 leaves only once the move is durable.
+    let ready = f.ready();
+    assert!(ready.messages.is_empty());
+    let batch = ready.persist.expect("SeekTerm to persist");
+    assert!(batch.ops.contains(&PersistOp::SeekTerm(Term(5))));
+    f.on_persisted(Time(3), batch.id);
+    let sent = f.ready().messages;
+    assert!(matches!(&sent[0].message, ReplicaMessage::TermChange(tc) if tc.new_term == Term(5)));
+    // Term 5 does not start within term_change_timeout: the replica moves on to 6, and the
+    // next timeout is twice as long.
+    let timeout = fx.cluster.params().term_change_timeout.as_micros() as u64;
+    f.on_tick(Time(3 + timeout));
+    assert_eq!(f.term(), Term(6));
+    f.on_tick(Time(3 + 2 * timeout));
+    assert_eq!(f.term(), Term(6), "the second timeout is doubled");
+    f.on_tick(Time(3 + 3 * timeout + 1));
+    assert_eq!(f.term(), Term(7));
+}
+
+#[test]
+fn a_quorum_of_term_changes_starts_the_term_at_its_leader() {
+    let mut fx = Fixture::new(4);
+    // Replica 1 leads term 1.
+    let mut l = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    for from in [2u32, 3] {
+        let tc = crate::message::TermChange::sign(
+            &fx.cid(),
+            &fx.keys[from as usize],
+            ReplicaId(from),
+            Term(1),
+            None,
+            vec![],
+        );
+        let m = fx.wire(from, &ReplicaMessage::TermChange(tc));
+        l.on_message(Time(1), ReplicaId(from), m);
+        let r = l.ready();
+        persist_all(&mut l, &r, &mut disk);
+    }
+    // Two others ask (f + 1): it joins, and with its own TermChange that is a quorum of 3.
+    assert_eq!(
+        (l.term(), l.is_changing_term(), l.is_leader()),
+        (Term(1), false, true)
+    );
+    let sent: Vec<&str> = l
+        .ready()
+        .messages
+        .iter()
+        .map(|m| m.message.kind())
+        .collect();
+    assert!(sent.contains(&"new-term"), "{sent:?}");
+    assert_eq!(disk.term, Term(1));
+    assert!(disk.new_term.is_some() && !disk.seeking);
+}
