@@ -401,12 +401,8 @@ impl<S: StateMachine> Replica<S> {
         if peer == self.id || from > self.log.commit_index() {
             return;
         }
-        if let Some((at, last_from)) = self.follower.served.get(&peer) {
-            let continuation = from > *last_from;
-            if !continuation && self.now < at.after(self.cluster.params().heartbeat_interval) {
-                self.refuse("fetch repeated within a heartbeat interval");
-                return;
-            }
+        if !self.may_serve(peer, from) {
+            return;
         }
         let max = self.cluster.params().max_message_bytes / 2;
         let mut last = to
@@ -438,7 +434,6 @@ impl<S: StateMachine> Replica<S> {
         let Some(certificate) = self.log.get(proved).and_then(|s| s.committed.clone()) else {
             return;
         };
-        self.follower.served.insert(peer, (self.now, from));
         let entries = (from.0..=proved.0)
             .filter_map(|i| self.log.get(Index(i)).map(|s| Arc::clone(&s.entry.entry)))
             .collect();
@@ -449,6 +444,22 @@ impl<S: StateMachine> Replica<S> {
                 certificate,
             },
         );
+    }
+
+    /// Whether `peer` may be sent entries starting at `from` now: at once if it asks for the
+    /// continuation of what it was last sent, otherwise once per heartbeat interval. Records the
+    /// answer. Shared by every path that sends entries on request, so no request is an
+    /// unthrottled amplifier.
+    pub(super) fn may_serve(&mut self, peer: ReplicaId, from: Index) -> bool {
+        if let Some((at, last_from)) = self.follower.served.get(&peer) {
+            let continuation = from > *last_from;
+            if !continuation && self.now < at.after(self.cluster.params().heartbeat_interval) {
+                self.refuse("entries requested again within a heartbeat interval");
+                return false;
+            }
+        }
+        self.follower.served.insert(peer, (self.now, from));
+        true
     }
 
     /// Accepts committed entries fetched from a peer (the verifier checked the chain and the CC).

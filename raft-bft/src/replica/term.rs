@@ -324,8 +324,10 @@ impl<S: StateMachine> Replica<S> {
             term_changes: changes,
             chosen: chosen.list(),
         });
-        self.send(Target::AllOthers, ReplicaMessage::NewTerm(Arc::clone(&nt)));
-        self.enter_term(nt, chosen);
+        // Entering persists the term first, so the NewTerm (queued after it) leaves only once
+        // this leader's choice is durable: after a crash it cannot announce another one.
+        self.enter_term(Arc::clone(&nt), chosen);
+        self.send(Target::AllOthers, ReplicaMessage::NewTerm(nt));
     }
 
     /// Proof that the leader of `proof.term` equivocated: kept as evidence naming it, forwarded
@@ -455,10 +457,18 @@ impl<S: StateMachine> Replica<S> {
 
     /// Someone asks for an entry of a chosen log.
     pub(super) fn serve_chosen(&mut self, peer: ReplicaId, index: Index, hash: Digest) {
-        if let Some(slot) = self.log.get(index).filter(|s| s.entry.hash == hash) {
-            let entry = Arc::clone(&slot.entry.entry);
-            self.send(Target::Replica(peer), ReplicaMessage::ChosenEntry(entry));
+        let Some(entry) = self
+            .log
+            .get(index)
+            .filter(|s| s.entry.hash == hash)
+            .map(|s| Arc::clone(&s.entry.entry))
+        else {
+            return;
+        };
+        if peer == self.id || !self.may_serve(peer, index) {
+            return;
         }
+        self.send(Target::Replica(peer), ReplicaMessage::ChosenEntry(entry));
     }
 
     /// An entry fetched for re-proposal.

@@ -701,3 +701,84 @@ fn a_quorum_of_term_changes_starts_the_term_at_its_leader() {
     assert_eq!(disk.term, Term(1));
     assert!(disk.new_term.is_some() && !disk.seeking);
 }
+
+#[test]
+fn a_new_leader_announces_its_term_only_once_entering_it_is_durable() {
+    // n = 7: f + 1 = 3 TermChanges make replica 1 join term 1; a quorum is 5.
+    let mut fx = Fixture::new(7);
+    let mut l = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    let tc = |fx: &Fixture, from: u32| {
+        crate::message::TermChange::sign(
+            &fx.cid(),
+            &fx.keys[from as usize],
+            ReplicaId(from),
+            Term(1),
+            None,
+            vec![],
+        )
+    };
+    for from in [2u32, 3, 4] {
+        let m = fx.wire(from, &ReplicaMessage::TermChange(tc(&fx, from)));
+        l.on_message(Time(1), ReplicaId(from), m);
+    }
+    assert!(l.is_changing_term());
+    let r = l.ready();
+    persist_all(&mut l, &r, &mut disk); // SeekTerm(1) is durable now
+    l.ready();
+    // The fifth TermChange (with its own) completes the quorum: it enters term 1.
+    let m = fx.wire(5, &ReplicaMessage::TermChange(tc(&fx, 5)));
+    l.on_message(Time(2), ReplicaId(5), m);
+    assert!(l.is_leader() && !l.is_changing_term());
+    let r = l.ready();
+    let kinds: Vec<&str> = r.messages.iter().map(|m| m.message.kind()).collect();
+    assert!(
+        !kinds.contains(&"new-term"),
+        "NewTerm left before EnterTerm was durable: {kinds:?}"
+    );
+    let batch = r.persist.clone().expect("EnterTerm to persist");
+    assert!(batch
+        .ops
+        .iter()
+        .any(|op| matches!(op, PersistOp::EnterTerm(_))));
+    persist_all(&mut l, &r, &mut disk);
+    let kinds: Vec<&str> = l
+        .ready()
+        .messages
+        .iter()
+        .map(|m| m.message.kind())
+        .collect();
+    assert!(kinds.contains(&"new-term"), "{kinds:?}");
+}
+
+#[test]
+fn requests_for_entries_are_not_an_unthrottled_amplifier() {
+    let mut fx = Fixture::new(4);
+    let mut leader = fx.replica(0, DurableState::default());
+    let mut disk = DurableState::default();
+    leader.on_client_tx(Time(1), fx.tx(1, 1, b"a"));
+    let r = leader.ready();
+    persist_all(&mut leader, &r, &mut disk);
+    leader.ready();
+    let hash = leader.entry_hash(Index(1)).unwrap();
+    let ask = ReplicaMessage::FetchChosen {
+        index: Index(1),
+        hash,
+    };
+    let mut answers = 0;
+    for _ in 0..10 {
+        let m = fx.wire(2, &ask);
+        leader.on_message(Time(2), ReplicaId(2), m);
+        answers += leader.ready().messages.len();
+    }
+    assert_eq!(answers, 1, "ten identical requests at once get one answer");
+    // A heartbeat interval later, the same request is answered again.
+    let later = Time(3 + fx.cluster.params().heartbeat_interval.as_micros() as u64);
+    let m = fx.wire(2, &ask);
+    leader.on_message(later, ReplicaId(2), m);
+    assert!(leader
+        .ready()
+        .messages
+        .iter()
+        .any(|m| matches!(m.message, ReplicaMessage::ChosenEntry(_))));
+}
