@@ -83,6 +83,8 @@ pub mod crypto;
 pub mod manifest;
 pub mod merkle;
 pub mod message;
+#[cfg(feature = "simulator")]
+pub mod mutant;
 pub mod persist;
 pub mod replica;
 #[cfg(feature = "simulator")]

@@ -113,6 +113,9 @@ pub struct Cluster {
     cluster_id: Digest,
     f: usize,
     quorum: usize,
+    /// A deliberately broken protocol variant (simulator only).
+    #[cfg(feature = "simulator")]
+    mutant: Option<crate::mutant::Mutant>,
 }
 
 impl Cluster {
@@ -159,7 +162,26 @@ impl Cluster {
             cluster_id,
             f,
             quorum,
+            #[cfg(feature = "simulator")]
+            mutant: None,
         })
+    }
+
+    /// Breaks the protocol on purpose for the whole cluster (simulator only): see
+    /// [`Mutant`](crate::mutant::Mutant).
+    #[cfg(feature = "simulator")]
+    pub fn with_mutant(mut self, mutant: crate::mutant::Mutant) -> Self {
+        if mutant == crate::mutant::Mutant::QuorumOneShort {
+            self.quorum = self.quorum.saturating_sub(1).max(1);
+        }
+        self.mutant = Some(mutant);
+        self
+    }
+
+    /// True if the cluster runs with this mutant (always false without the simulator).
+    #[cfg(feature = "simulator")]
+    pub(crate) fn has_mutant(&self, mutant: crate::mutant::Mutant) -> bool {
+        self.mutant == Some(mutant)
     }
 
     /// The manifest.

@@ -139,6 +139,9 @@ impl<S: StateMachine> Replica<S> {
         }
         self.terms.pre_appended_at.insert(index, self.now);
         self.after_log_grew();
+        if self.skips_pc_check() {
+            self.vote_appends(None);
+        }
         true
     }
 
@@ -237,24 +240,56 @@ impl<S: StateMachine> Replica<S> {
             let Some(slot) = self.log.get(index) else {
                 break;
             };
-            let Some(pc) = slot
+            let prepared = slot
                 .prepared
                 .as_ref()
                 .filter(|pc| pc.subject.term == self.term)
-            else {
+                .map(|pc| pc.subject);
+            let Some(prepared) = prepared.or_else(|| self.mutant_unprepared_subject(index)) else {
                 break;
             };
             let subject = VoteSubject {
                 phase: Phase::Append,
-                ..pc.subject
+                ..prepared
             };
-            debug_assert!(self.log.prefix_prepared(index, self.term));
+            debug_assert!(
+                self.log.prefix_prepared(index, self.term) || self.skips_pc_check(),
+                "Append vote at {index} without a prepared prefix"
+            );
             let voted = self.votes.contains_key(&(Phase::Append, self.term, index));
             if !voted || resend == Some(index) {
                 self.vote(subject);
             }
             index = index.next();
         }
+    }
+
+    /// The `skip-pc-check` mutant: votes Append for an entry this replica merely pre-appended.
+    #[cfg(feature = "simulator")]
+    fn mutant_unprepared_subject(&self, index: Index) -> Option<VoteSubject> {
+        if !self.skips_pc_check() {
+            return None;
+        }
+        let held = self.log.hash_at(index)?;
+        self.votes
+            .get(&(Phase::PreAppend, self.term, index))
+            .copied()
+            .filter(|v| v.entry_hash == held)
+    }
+
+    #[cfg(not(feature = "simulator"))]
+    fn mutant_unprepared_subject(&self, _index: Index) -> Option<VoteSubject> {
+        None
+    }
+
+    #[cfg(feature = "simulator")]
+    fn skips_pc_check(&self) -> bool {
+        self.cluster.has_mutant(crate::mutant::Mutant::SkipPcCheck)
+    }
+
+    #[cfg(not(feature = "simulator"))]
+    fn skips_pc_check(&self) -> bool {
+        false
     }
 
     /// Handles a commit certificate (a Commit message, or the leader's own).

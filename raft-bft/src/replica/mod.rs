@@ -9,7 +9,7 @@
 //! This covers the normal case: one term, its leader batching and pipelining entries through
 //! PreAppend, Append and Commit, execution, replies and execution certificates.
 
-mod execution;
+pub(crate) mod execution;
 mod follower;
 mod leader;
 mod log;

@@ -6,9 +6,22 @@ use rand::{RngExt as _, SeedableRng as _};
 
 use crate::client::ClientConfig;
 use crate::config::Params;
+use crate::mutant::Mutant;
 use crate::types::ReplicaId;
 
+use super::adversary::{ByzantineConfig, Strategy};
 use super::SimRng;
+
+/// A scripted network fault: `replica` is cut off from everyone from `from` to `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Isolation {
+    /// Who is cut off.
+    pub replica: ReplicaId,
+    /// When the isolation starts.
+    pub from: Duration,
+    /// When it ends (at the latest at heal time).
+    pub until: Duration,
+}
 
 /// Network faults, active only during the fault phase (before [`SimConfig::heal_at`]).
 ///
@@ -77,7 +90,7 @@ pub struct CrashConfig {
     /// Whether replicas crash at all.
     pub enabled: bool,
     /// The replicas that may crash. `None`: every replica but replica 0, the leader of term 0
-    /// (term changes are not implemented, so crashing the leader stops progress until it is back).
+    /// (so that most runs keep one leader; `crashable` with replica 0 exercises term changes).
     pub crashable: Option<Vec<ReplicaId>>,
     /// At most this many replicas are down at once. `None`: `f`.
     pub max_down: Option<usize>,
@@ -144,6 +157,12 @@ pub struct SimConfig {
     pub max_events: u64,
     /// Prints one line per event to standard error (for replaying a failing seed).
     pub trace: bool,
+    /// Byzantine replicas, if any.
+    pub byzantine: Option<ByzantineConfig>,
+    /// A deliberately broken protocol, to show that the checkers catch it.
+    pub mutant: Option<Mutant>,
+    /// Scripted isolations of single replicas (on top of random partitions).
+    pub isolations: Vec<Isolation>,
 }
 
 impl SimConfig {
@@ -168,6 +187,9 @@ impl SimConfig {
             client_config: None,
             max_events: 20_000_000,
             trace: false,
+            byzantine: None,
+            mutant: None,
+            isolations: Vec::new(),
         }
     }
 
@@ -190,6 +212,69 @@ impl SimConfig {
         self.faults = FaultConfig::none();
         self.crashes.enabled = false;
         self
+    }
+
+    /// Makes `count` replicas Byzantine with `strategy` (see [`Strategy::byzantine_replicas`]
+    /// for which). Only the others crash, and only while Byzantine and crashed replicas together
+    /// stay within `f`. `wrong-new-term` also isolates replica 0 early in the run for twice the
+    /// election timeout, so that a term change makes the Byzantine replica 1 the new leader.
+    ///
+    /// `count` above `f` is beyond the fault model: safety may break (that is what `twins` with
+    /// `f + 1` replicas shows).
+    pub fn with_byzantine(mut self, strategy: Strategy, count: usize) -> Self {
+        let n = self.replicas;
+        let replicas = strategy.byzantine_replicas(n, count, self.seed);
+        let f = n.saturating_sub(1) / 3;
+        let honest: Vec<ReplicaId> = (0..n as u32)
+            .map(ReplicaId)
+            .filter(|r| !replicas.contains(r))
+            .collect();
+        self.crashes.crashable = Some(honest);
+        let budget = f.saturating_sub(replicas.len());
+        if budget == 0 {
+            self.crashes.enabled = false;
+        } else {
+            self.crashes.max_down = Some(budget);
+        }
+        if strategy == Strategy::WrongNewTerm && n > 1 {
+            let start = Duration::from_millis(100);
+            self.isolations.push(Isolation {
+                replica: ReplicaId(0),
+                from: start,
+                until: start + 2 * self.params.election_timeout,
+            });
+        }
+        self.byzantine = Some(ByzantineConfig { strategy, replicas });
+        self
+    }
+
+    /// Runs the cluster with a deliberately broken protocol, together with the Byzantine
+    /// behaviour that exploits it:
+    ///
+    /// - `quorum-2f`: twins of the leader of term 0 (each twin gathers a short quorum on its
+    ///   side);
+    /// - `skip-pc-check`: a `withhold-pc` leader (followers vote Append without a prepared
+    ///   certificate, so a committed entry can be missing from every TermChange);
+    /// - `forget-votes`: a `revote-bait` leader, with crashes of the other replicas (a restarted
+    ///   replica that forgot its vote votes again, for the other version).
+    pub fn with_mutant(self, mutant: Mutant) -> Self {
+        let f = self.replicas.saturating_sub(1) / 3;
+        let mut config = match mutant {
+            Mutant::QuorumOneShort => self.with_byzantine(Strategy::Twins, 1),
+            Mutant::SkipPcCheck => self.with_byzantine(Strategy::WithholdPc, 1),
+            Mutant::ForgetVotes => self.with_byzantine(Strategy::RevoteBait, 1),
+        };
+        if mutant == Mutant::ForgetVotes {
+            config.crashes.enabled = true;
+            config.crashes.max_down = Some(f.max(1));
+        }
+        config.mutant = Some(mutant);
+        config
+    }
+
+    /// The Byzantine replicas.
+    pub(crate) fn byzantine_replicas(&self) -> &[ReplicaId] {
+        self.byzantine.as_ref().map_or(&[], |b| &b.replicas)
     }
 
     /// Checks that the configuration can be run.
@@ -225,17 +310,28 @@ impl SimConfig {
                 return Err(format!("crashable replica {bad} is not in the cluster"));
             }
         }
+        for r in self
+            .byzantine_replicas()
+            .iter()
+            .chain(self.isolations.iter().map(|i| &i.replica))
+        {
+            if r.as_usize() >= self.replicas {
+                return Err(format!("replica {r} is not in the cluster"));
+            }
+        }
         if self.check_interval.is_zero() {
             return Err("check_interval must be above zero".into());
         }
         self.params.validate()
     }
 
-    /// The replicas that may crash.
+    /// The replicas that may crash (never a Byzantine one).
     pub(crate) fn crashable(&self) -> Vec<ReplicaId> {
-        match &self.crashes.crashable {
+        let ids = match &self.crashes.crashable {
             Some(ids) => ids.clone(),
             None => (1..self.replicas as u32).map(ReplicaId).collect(),
-        }
+        };
+        let byzantine = self.byzantine_replicas();
+        ids.into_iter().filter(|r| !byzantine.contains(r)).collect()
     }
 }

@@ -64,4 +64,13 @@ impl History {
     pub fn accepted(&self) -> usize {
         self.ops.iter().filter(|o| o.accepted.is_some()).count()
     }
+
+    /// When the last accepted op was accepted (time zero if none was).
+    pub fn last_acceptance(&self) -> Time {
+        self.ops
+            .iter()
+            .filter_map(|o| o.accepted.as_ref().map(|(t, _)| *t))
+            .max()
+            .unwrap_or_default()
+    }
 }

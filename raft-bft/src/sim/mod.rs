@@ -37,6 +37,7 @@
 //! assert_eq!(report.accepted_txs, 10);
 //! ```
 
+mod adversary;
 mod check;
 mod config;
 mod driver;
@@ -49,8 +50,9 @@ mod report;
 mod workload;
 mod world;
 
+pub use adversary::{ByzantineConfig, Strategy};
 pub use check::{check_agreement, check_linearizability, check_validity, Executed, Replay};
-pub use config::{CrashConfig, FaultConfig, SimConfig};
+pub use config::{CrashConfig, FaultConfig, Isolation, SimConfig};
 pub use history::{History, OpRecord};
 pub use kv::{KvOp, KvResult, KvWorkload, TestKv, KV_OP_BYTES};
 pub use report::{Counters, SimReport};

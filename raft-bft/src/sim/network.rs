@@ -34,6 +34,8 @@ pub(crate) struct Network {
     faulty: bool,
     /// Replicas cut off from everyone else (replicas and clients) by the current partition.
     isolated: Vec<bool>,
+    /// Replicas cut off from everyone else by a scripted isolation.
+    scripted: Vec<bool>,
 }
 
 impl Network {
@@ -42,6 +44,7 @@ impl Network {
             faults,
             faulty: true,
             isolated: vec![false; replicas],
+            scripted: vec![false; replicas],
         }
     }
 
@@ -49,6 +52,14 @@ impl Network {
     pub(crate) fn heal(&mut self) {
         self.faulty = false;
         self.end_partition();
+        self.scripted.iter_mut().for_each(|i| *i = false);
+    }
+
+    /// Starts or ends a scripted isolation of one replica (only in the fault phase).
+    pub(crate) fn script_isolation(&mut self, replica: usize, on: bool) {
+        if let Some(s) = self.scripted.get_mut(replica) {
+            *s = on && self.faulty;
+        }
     }
 
     pub(crate) fn is_faulty(&self) -> bool {
@@ -87,11 +98,12 @@ impl Network {
     /// True if the current partition separates `a` and `b`. Clients are on the side of the
     /// replicas that are not isolated.
     pub(crate) fn cut(&self, a: Endpoint, b: Endpoint) -> bool {
-        let side = |e: Endpoint| match e {
-            Endpoint::Replica(i) => self.isolated.get(i).copied().unwrap_or(false),
+        let side = |sides: &[bool], e: Endpoint| match e {
+            Endpoint::Replica(i) => sides.get(i).copied().unwrap_or(false),
             Endpoint::Client => false,
         };
-        side(a) != side(b)
+        side(&self.isolated, a) != side(&self.isolated, b)
+            || side(&self.scripted, a) != side(&self.scripted, b)
     }
 
     /// Decides the fate of one message from `from` to `to`.

@@ -124,6 +124,12 @@ pub(crate) struct Node<S> {
     pub(crate) divergence_reported: bool,
     /// What it said, over all its incarnations.
     pub(crate) spoken: Spoken,
+    /// `Some` for a Byzantine replica: what stands between it and the network.
+    pub(crate) adversary: Option<super::adversary::Adversary>,
+    /// Which side of a twin split this instance is on (see `world::routing`).
+    pub(crate) side: bool,
+    /// True for a twin: a second instance of a replica that also has a primary instance.
+    pub(crate) twin: bool,
 }
 
 /// Every vote a replica sent and every entry it proposed, over all its incarnations: a correct
@@ -138,6 +144,10 @@ pub(crate) struct Spoken {
 impl<S> Node<S> {
     pub(crate) fn is_up(&self) -> bool {
         self.replica.is_some()
+    }
+
+    pub(crate) fn is_byzantine(&self) -> bool {
+        self.adversary.is_some()
     }
 }
 

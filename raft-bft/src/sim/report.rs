@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::mutant::Mutant;
 use crate::types::Time;
+
+use super::adversary::Strategy;
 
 /// Counters of what happened during a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,6 +80,14 @@ pub struct SimReport {
     /// Replicas whose committed log is shorter than the longest when the run ended (they are
     /// catching up through heartbeats and fetches; informational).
     pub lagging_replicas: usize,
+    /// The highest term a correct replica reached (every term change is one step of recovery).
+    pub max_term: u64,
+    /// When the last accepted tx was accepted: `accepted_txs` over this is the run's goodput.
+    pub last_acceptance: Time,
+    /// The Byzantine strategy of the run, if any.
+    pub byzantine: Option<Strategy>,
+    /// The deliberately broken protocol of the run, if any.
+    pub mutant: Option<Mutant>,
     /// Counters.
     pub counters: Counters,
 }
@@ -93,10 +104,16 @@ impl fmt::Display for SimReport {
         let c = &self.counters;
         writeln!(
             f,
-            "seed {} n={}: {} violations, liveness {}, committed {} txs in {} entries, \
-             accepted {}/{} txs, {} replicas lagging at the end, ended at {:.3} s",
+            "seed {} n={}{}{}: {} violations, liveness {}, committed {} txs in {} entries, \
+             accepted {}/{} txs, {} replicas lagging at the end, term {}, ended at {:.3} s",
             self.seed,
             self.replicas,
+            self.byzantine
+                .map(|b| format!(" byzantine={b}"))
+                .unwrap_or_default(),
+            self.mutant
+                .map(|m| format!(" mutant={m}"))
+                .unwrap_or_default(),
             self.violation_count,
             self.liveness_failure.as_deref().unwrap_or("ok"),
             self.committed_txs,
@@ -104,6 +121,7 @@ impl fmt::Display for SimReport {
             self.accepted_txs,
             self.submitted_txs,
             self.lagging_replicas,
+            self.max_term,
             self.end_time.0 as f64 / 1e6
         )?;
         writeln!(

@@ -33,7 +33,7 @@ impl<W: Workload> Simulation<W> {
     /// first ones any replica reported, and its divergence flag.
     pub(super) fn observe(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let Some(r) = node.replica.as_ref() else {
+        let Some(r) = node.replica.as_ref().filter(|_| !node.is_byzantine()) else {
             return;
         };
         let mut found = Vec::new();
@@ -128,10 +128,12 @@ impl<W: Workload> Simulation<W> {
     pub(super) fn finish(mut self) -> SimReport {
         self.observe_all();
         let cluster_id = *self.cluster.cluster_id();
-        // The committed logs of the replicas that are up.
+        // The committed logs of the correct replicas that are up.
         let mut logs: Vec<(ReplicaId, Vec<Entry>, Vec<Digest>)> = Vec::new();
-        for n in &self.nodes {
+        let mut max_term = 0;
+        for n in self.nodes.iter().filter(|n| !n.is_byzantine()) {
             if let Some(r) = &n.replica {
+                max_term = max_term.max(r.term().0);
                 let entries: Vec<Entry> = r.committed_entries().cloned().collect();
                 let hashes: Vec<Digest> = (1..=entries.len() as u64)
                     .map(|i| r.entry_hash(Index(i)).unwrap_or(Digest::ZERO))
@@ -157,6 +159,10 @@ impl<W: Workload> Simulation<W> {
             submitted_txs: self.history.ops.len() as u64,
             accepted_txs: self.history.accepted() as u64,
             end_time: self.now,
+            max_term,
+            last_acceptance: self.history.last_acceptance(),
+            byzantine: self.config.byzantine.as_ref().map(|b| b.strategy),
+            mutant: self.config.mutant,
             ..SimReport::default()
         };
         if let Some(l) = longest {

@@ -55,7 +55,7 @@ impl<W: Workload> Simulation<W> {
         to: usize,
         from: usize,
         incarnation: u64,
-        bytes: &[u8],
+        bytes: &Bytes,
     ) {
         if self.nodes[to].incarnation != incarnation || !self.nodes[to].is_up() {
             self.counters.messages_to_crashed += 1;
@@ -74,13 +74,22 @@ impl<W: Workload> Simulation<W> {
             }
         };
         self.counters.messages_delivered += 1;
-        self.trace(|| format!("r{from} -> r{to} {}", describe(&msg)));
+        let sender = self.nodes[from].id;
+        self.trace(|| format!("#{from}(r{}) -> #{to} {}", sender.0, describe(&msg)));
+        if let Some((deliver, acts)) =
+            self.with_adversary(to, |a, ctx| a.incoming(ctx, sender, &msg, bytes))
+        {
+            self.perform(to, acts);
+            if !deliver {
+                return;
+            }
+        }
         let kind = msg.kind();
         let node = &mut self.nodes[to];
-        match node.verifier.verify_message(ReplicaId(from as u32), msg) {
+        match node.verifier.verify_message(sender, msg) {
             Ok(verified) => {
                 if let Some(r) = node.replica.as_mut() {
-                    r.on_message(self.now, ReplicaId(from as u32), verified);
+                    r.on_message(self.now, sender, verified);
                 }
                 self.drain(to);
             }
@@ -110,7 +119,14 @@ impl<W: Workload> Simulation<W> {
             }
         };
         self.counters.messages_delivered += 1;
-        self.trace(|| format!("client -> r{to} tx (client {}, ts {})", tx.client, tx.ts));
+        self.trace(|| format!("client -> #{to} tx (client {}, ts {})", tx.client, tx.ts));
+        if let Some(false) = self.nodes[to]
+            .adversary
+            .as_ref()
+            .map(|a| a.accepts_client_tx(&tx))
+        {
+            return;
+        }
         let node = &mut self.nodes[to];
         match node.verifier.verify_tx(tx) {
             Ok(verified) => {
@@ -250,16 +266,30 @@ impl<W: Workload> Simulation<W> {
                 },
             );
         }
+        let byzantine = self.nodes[i].is_byzantine();
         for m in ready.messages {
+            if byzantine {
+                // Its adversary decides what actually goes out; its words are not checked.
+                if let Some(acts) = self.with_adversary(i, |a, ctx| a.outgoing(ctx, m)) {
+                    self.perform(i, acts);
+                }
+                continue;
+            }
             if let Some(why) = self.nodes[i].disk.unjustified(&m.message) {
                 self.violation(format!("persist-before-speak: r{i} {why}"));
             }
             if let Some(why) = self.nodes[i].spoken.record(&m.message) {
                 self.violation(format!("equivocation: r{i} {why}"));
             }
-            self.send_replica_message(i, m);
+            self.send_replica_message(i, m.to, &m.message, Duration::ZERO);
         }
         for r in ready.replies {
+            if byzantine {
+                if let Some(Some(r)) = self.with_adversary(i, |a, ctx| a.reply(ctx, r)) {
+                    self.send_reply(i, &r);
+                }
+                continue;
+            }
             if let Some(why) = self.nodes[i].disk.unjustified_reply(&r) {
                 self.violation(format!("persist-before-speak: r{i} {why}"));
             }
@@ -281,8 +311,15 @@ impl<W: Workload> Simulation<W> {
         }
     }
 
-    pub(super) fn send_replica_message(&mut self, from: usize, out: OutMessage) {
-        let bytes: Bytes = match codec::encode(&out.message) {
+    /// Sends a message from node `from` to the nodes `to` stands for, after an extra delay.
+    pub(super) fn send_replica_message(
+        &mut self,
+        from: usize,
+        to: Target,
+        message: &ReplicaMessage,
+        delay: Duration,
+    ) {
+        let bytes: Bytes = match codec::encode(message) {
             Ok(b) => b.into(),
             Err(e) => {
                 self.violation(format!(
@@ -291,28 +328,38 @@ impl<W: Workload> Simulation<W> {
                 return;
             }
         };
-        let targets: Vec<usize> = match out.to {
-            Target::Replica(r) => vec![r.as_usize()],
-            Target::AllOthers => (0..self.nodes.len()).filter(|&t| t != from).collect(),
-        };
-        for to in targets {
-            if to >= self.nodes.len() || to == from {
-                self.violation(format!("r{from} sent a {} to r{to}", out.message.kind()));
-                continue;
+        if let Target::Replica(r) = to {
+            if r.as_usize() >= self.cluster.n() || r == self.nodes[from].id {
+                self.violation(format!("r{from} sent a {} to r{r}", message.kind()));
+                return;
             }
-            let incarnation = self.nodes[to].incarnation;
-            self.transmit(
-                Endpoint::Replica(from),
-                Endpoint::Replica(to),
-                &bytes,
-                |bytes| Event::ReplicaMessage {
-                    to,
-                    from,
-                    incarnation,
-                    bytes,
-                },
-            );
         }
+        for t in self.nodes_for(from, to) {
+            self.send_bytes_to_node(from, t, &bytes, delay);
+        }
+    }
+
+    /// Puts bytes on the wire from node `from` to node `to`.
+    pub(super) fn send_bytes_to_node(
+        &mut self,
+        from: usize,
+        to: usize,
+        bytes: &Bytes,
+        delay: Duration,
+    ) {
+        let incarnation = self.nodes[to].incarnation;
+        self.transmit(
+            Endpoint::Replica(from),
+            Endpoint::Replica(to),
+            bytes,
+            delay,
+            |bytes| Event::ReplicaMessage {
+                to,
+                from,
+                incarnation,
+                bytes,
+            },
+        );
     }
 
     pub(super) fn send_reply(&mut self, from: usize, reply: &Reply) {
@@ -329,13 +376,17 @@ impl<W: Workload> Simulation<W> {
                 return;
             }
         };
-        self.transmit(Endpoint::Replica(from), Endpoint::Client, &bytes, |bytes| {
-            Event::Reply {
+        self.transmit(
+            Endpoint::Replica(from),
+            Endpoint::Client,
+            &bytes,
+            Duration::ZERO,
+            |bytes| Event::Reply {
                 client,
                 from,
                 bytes,
-            }
-        });
+            },
+        );
     }
 
     pub(super) fn send_client_tx(&mut self, client: usize, send: ClientSend) {
@@ -348,23 +399,32 @@ impl<W: Workload> Simulation<W> {
                 return;
             }
         };
+        // Clients reach every instance of a replica (both twins).
         let targets: Vec<usize> = match send.to {
-            Destination::Replica(r) => vec![r.as_usize()],
+            Destination::Replica(r) => {
+                if r.as_usize() >= self.cluster.n() {
+                    self.violation(format!("client {client} sent a tx to non-member {r}"));
+                    return;
+                }
+                (0..self.nodes.len())
+                    .filter(|&t| self.nodes[t].id == r)
+                    .collect()
+            }
             Destination::AllReplicas => (0..self.nodes.len()).collect(),
         };
         for to in targets {
-            if to >= self.nodes.len() {
-                self.violation(format!("client {client} sent a tx to non-member r{to}"));
-                continue;
-            }
             let incarnation = self.nodes[to].incarnation;
-            self.transmit(Endpoint::Client, Endpoint::Replica(to), &bytes, |bytes| {
-                Event::ClientTx {
+            self.transmit(
+                Endpoint::Client,
+                Endpoint::Replica(to),
+                &bytes,
+                Duration::ZERO,
+                |bytes| Event::ClientTx {
                     to,
                     incarnation,
                     bytes,
-                }
-            });
+                },
+            );
         }
     }
 
@@ -374,6 +434,7 @@ impl<W: Workload> Simulation<W> {
         from: Endpoint,
         to: Endpoint,
         bytes: &Bytes,
+        extra_delay: Duration,
         event: impl Fn(Bytes) -> Event,
     ) {
         self.counters.messages_sent += 1;
@@ -405,7 +466,8 @@ impl<W: Workload> Simulation<W> {
             } else {
                 Rc::clone(bytes)
             };
-            self.queue.push(self.now.after(delay), event(copy));
+            self.queue
+                .push(self.now.after(delay + extra_delay), event(copy));
         }
     }
 }

@@ -14,10 +14,11 @@ use crate::crypto::KeyPair;
 use crate::manifest::{Cluster, Manifest};
 use crate::message::{Entry, ReplicaMessage, Reply, SignedTx};
 use crate::persist::DurableState;
-use crate::replica::{Metrics, OutMessage, Replica, Target};
+use crate::replica::{Metrics, Replica, Target};
 use crate::types::{ClientId, Digest, Index, ReplicaId, Time};
 use crate::verify::Verifier;
 
+use super::adversary::{Adversary, Strategy};
 use super::check::{self, Monitor, Replay};
 use super::config::SimConfig;
 use super::driver::SimClient;
@@ -29,6 +30,7 @@ use super::report::{Counters, SimReport};
 use super::workload::Workload;
 use super::SimRng;
 
+mod byzantine;
 mod checks;
 mod io;
 
@@ -74,6 +76,17 @@ enum Event {
     Submit {
         client: usize,
     },
+    /// A Byzantine replica's own mischief.
+    AdversaryTick {
+        node: usize,
+    },
+    /// A scripted isolation of one replica starts or ends.
+    Isolate {
+        replica: usize,
+        on: bool,
+    },
+    /// Honest replicas change sides of the twin split.
+    TwinShuffle,
     Crash,
     Restart {
         node: usize,
@@ -133,10 +146,23 @@ impl<W: Workload> Simulation<W> {
                 .map(|(i, k)| (k.public(), format!("sim:{i}"))),
             config.params.clone(),
         );
-        let cluster = Arc::new(Cluster::new(manifest).map_err(|e| e.to_string())?);
-        let mut nodes = Vec::with_capacity(config.replicas);
-        for (i, key) in keys.into_iter().enumerate() {
-            let id = ReplicaId(i as u32);
+        let mut cluster = Cluster::new(manifest).map_err(|e| e.to_string())?;
+        if let Some(m) = config.mutant {
+            cluster = cluster.with_mutant(m);
+        }
+        let cluster = Arc::new(cluster);
+        // Twins: a second instance of each Byzantine replica, after the primaries.
+        let twinned: Vec<ReplicaId> = match &config.byzantine {
+            Some(b) if b.strategy == Strategy::Twins => b.replicas.clone(),
+            _ => Vec::new(),
+        };
+        let instances: Vec<(ReplicaId, bool)> = (0..config.replicas as u32)
+            .map(|i| (ReplicaId(i), false))
+            .chain(twinned.iter().map(|r| (*r, true)))
+            .collect();
+        let mut nodes = Vec::with_capacity(instances.len());
+        for (id, twin) in instances {
+            let key = keys[id.as_usize()].clone();
             let replica = Replica::new(
                 Arc::clone(&cluster),
                 id,
@@ -158,6 +184,9 @@ impl<W: Workload> Simulation<W> {
                 checked_applied: Index(0),
                 divergence_reported: false,
                 spoken: Spoken::default(),
+                adversary: None,
+                side: twin,
+                twin,
             });
         }
         let client_config = config
@@ -177,9 +206,16 @@ impl<W: Workload> Simulation<W> {
             client_by_key.insert(c.key, i);
             clients.push(c);
         }
+        if let Some(b) = &config.byzantine {
+            // A censoring leader drops the first client's txs.
+            let censored = clients.first().map(|c| c.key);
+            for node in nodes.iter_mut().filter(|n| b.replicas.contains(&n.id)) {
+                node.adversary = Some(Adversary::new(b.strategy, censored));
+            }
+        }
         let heal_at = Time(0).after(config.heal_at);
         Ok(Simulation {
-            net: Network::new(config.faults.clone(), config.replicas),
+            net: Network::new(config.faults.clone(), nodes.len()),
             workload,
             rng,
             now: Time(0),
@@ -205,9 +241,8 @@ impl<W: Workload> Simulation<W> {
         self.start();
         let hard_stop = self
             .heal_at
-            .after(self.config.liveness_bound)
-            .after(self.config.settle)
-            .after(Duration::from_secs(1));
+            .after(self.config.liveness_bound * 3)
+            .after(self.config.settle);
         while self.stop.is_none() {
             let Some((at, event)) = self.queue.pop() else {
                 self.stop = Some(Stop::Liveness("the event queue ran dry".into()));
@@ -254,6 +289,7 @@ impl<W: Workload> Simulation<W> {
         if !self.config.faults.partition_interval.is_zero() && self.nodes.len() > 1 {
             self.schedule_partition();
         }
+        self.start_byzantine();
         if self.clients.is_empty() {
             self.maybe_finish();
         }
@@ -334,6 +370,12 @@ impl<W: Workload> Simulation<W> {
                 self.arm_client_tick(client);
             }
             Event::Submit { client } => self.submit(client),
+            Event::AdversaryTick { node } => self.adversary_tick(node),
+            Event::Isolate { replica, on } => {
+                self.trace(|| format!("r{replica} scripted isolation: {on}"));
+                self.net.script_isolation(replica, on);
+            }
+            Event::TwinShuffle => self.shuffle_twins(),
             Event::Crash => {
                 self.crash_random();
                 self.schedule_crash();
@@ -432,6 +474,9 @@ impl<W: Workload> Simulation<W> {
     /// Accounts for a replica instance that goes away (crash, or end of the run).
     fn retire(&mut self, i: usize, replica: Replica<W::App>) {
         absorb_metrics(&mut self.counters, replica.metrics());
+        if self.nodes[i].is_byzantine() {
+            return;
+        }
         for v in self.workload.app_violations(replica.app()) {
             self.violation(format!("r{i}: {v}"));
         }
@@ -443,8 +488,12 @@ impl<W: Workload> Simulation<W> {
         }
         let seed = seed32(&mut self.rng);
         let app = self.workload.new_app();
+        let forget_votes = self.cluster.has_mutant(crate::mutant::Mutant::ForgetVotes);
         let node = &mut self.nodes[i];
         node.verifier = Verifier::new(Arc::clone(&self.cluster), seed);
+        if forget_votes {
+            node.disk.durable.votes.clear();
+        }
         match Replica::new(
             Arc::clone(&self.cluster),
             node.id,

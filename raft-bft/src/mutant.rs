@@ -1,0 +1,51 @@
+//! Deliberately broken variants of the protocol, available only with the `simulator` feature.
+//!
+//! Each mutant removes one safety mechanism. They exist to show that the simulator's checkers
+//! have teeth: `simulate --mutant NAME` must report safety violations, and tests assert that it
+//! does within a bounded number of seeds. A mutant is switched on for a whole cluster with
+//! [`Cluster::with_mutant`](crate::manifest::Cluster::with_mutant); nothing outside the
+//! simulator can reach it.
+
+use std::fmt;
+
+/// One deliberately broken protocol variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mutant {
+    /// `quorum-2f`: every quorum (votes, certificates, term changes) is one short.
+    QuorumOneShort,
+    /// `skip-pc-check`: a replica casts its Append vote without holding a valid prepared
+    /// certificate (right after its own PreAppend vote).
+    SkipPcCheck,
+    /// `forget-votes`: the votes a replica made durable are lost when it restarts (a storage
+    /// layer that does not keep them).
+    ForgetVotes,
+}
+
+impl Mutant {
+    /// Every mutant.
+    pub const ALL: [Mutant; 3] = [
+        Mutant::QuorumOneShort,
+        Mutant::SkipPcCheck,
+        Mutant::ForgetVotes,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::QuorumOneShort => "quorum-2f",
+            Mutant::SkipPcCheck => "skip-pc-check",
+            Mutant::ForgetVotes => "forget-votes",
+        }
+    }
+
+    /// The mutant with this command-line name.
+    pub fn from_name(name: &str) -> Option<Mutant> {
+        Mutant::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+impl fmt::Display for Mutant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
