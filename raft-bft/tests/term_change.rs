@@ -1,18 +1,25 @@
-//! The term-change choice rule and the verification of TermChange / NewTerm messages.
+//! The term-change choice rule, the verification of TermChange / NewTerm messages, and, through
+//! four real replicas, a Byzantine new leader that tries to drop committed entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use raft_bft::choice::{choose, ChoiceError};
+use raft_bft::codec;
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
 use raft_bft::manifest::{Cluster, Manifest};
+use raft_bft::merkle;
 use raft_bft::message::{
-    Certificate, EntryHeader, NewTerm, Phase, PreparedEntry, TermChange, Vote, VoteSubject,
+    pre_append_digest, Certificate, Entry, EntryHeader, NewTerm, Phase, PreAppend, PreparedEntry,
+    ReplicaMessage, SignedTx, TermChange, Vote, VoteSubject,
 };
-use raft_bft::types::{Digest, Index, ReplicaId, Signature, Term};
-use raft_bft::verify::{Verifier, VerifyError};
+use raft_bft::persist::{DurableState, PersistBatch};
+use raft_bft::replica::{Replica, Target};
+use raft_bft::state_machine::StateMachine;
+use raft_bft::types::{ClientId, Digest, Index, ReplicaId, Signature, Term, Time};
+use raft_bft::verify::{Verified, VerifiedMessage, Verifier, VerifyError};
 
 fn cluster(n: usize) -> (Arc<Cluster>, Vec<KeyPair>) {
     let keys: Vec<KeyPair> = (0..n)
@@ -437,4 +444,876 @@ fn term_changes_and_new_terms_are_verified() {
         v.verify_new_term(Arc::new(short)),
         Err(VerifyError::Choice(ChoiceError::TooFew { .. }))
     ));
+}
+
+// ----- through replicas: a Byzantine new leader cannot drop committed entries -----
+//
+// Four real replicas, every message through the codec and a `Verifier`. Term 0 (leader 0)
+// commits entry 1 and its execution certificate (the base of later choices); term 1 (leader 1)
+// commits entries 2 and 3 while replica 3 is cut off, so replica 3 holds only entry 1; no
+// execution certificate forms above 1 (Commit votes above 1 are lost), so entries 2 and 3 are
+// committed but must be carried by the choice. Leader 1 then falls silent and the cluster
+// seeks term 2, whose leader, replica 2, is Byzantine: the test speaks for it. Each attack is a
+// NewTerm that would drop or replace committed entries; each control is the same scenario with
+// an honest NewTerm from the same material, which the replicas accept.
+
+#[derive(Default)]
+struct Recorder(Vec<Vec<u8>>);
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, _client: &ClientId, op: &[u8]) -> Vec<u8> {
+        self.0.push(op.to_vec());
+        (self.0.len() as u64).to_le_bytes().to_vec()
+    }
+    fn digest(&self) -> Digest {
+        let mut bytes = Vec::new();
+        for op in &self.0 {
+            bytes.extend_from_slice(&(op.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(op);
+        }
+        Digest(*blake3::hash(&bytes).as_bytes())
+    }
+}
+
+/// A step of simulated time: a fifth of a heartbeat interval.
+const STEP_US: u64 = 10_000;
+const HONEST: [usize; 3] = [0, 1, 3];
+const BYZANTINE: usize = 2;
+
+/// Four replicas on a perfect network the test can partition, silence or intercept.
+struct Net {
+    cluster: Arc<Cluster>,
+    keys: Vec<KeyPair>,
+    cid: Digest,
+    verifiers: Vec<Verifier>,
+    replicas: Vec<Replica<Recorder>>,
+    disks: Vec<DurableState>,
+    now: u64,
+    /// Everything every replica sent, delivered or not: `(time, from, to, message)`.
+    sent: Vec<(u64, usize, Target, ReplicaMessage)>,
+    /// Replicas whose messages are dropped.
+    silenced: BTreeSet<usize>,
+    /// Replicas cut off in both directions.
+    cut: BTreeSet<usize>,
+    /// A Byzantine replica: the test speaks for it; what its `Replica` sends goes nowhere.
+    byzantine: Option<usize>,
+    /// Commit votes above this index are lost (no execution certificate forms above it).
+    commit_votes_up_to: u64,
+    client: KeyPair,
+    client_ts: u64,
+}
+
+impl Net {
+    fn new(params: Params) -> Net {
+        let keys: Vec<KeyPair> = (0..4)
+            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+            .collect();
+        let manifest = Manifest::new(
+            "term-change",
+            keys.iter().map(|k| (k.public(), String::new())),
+            params,
+        );
+        let cluster = Arc::new(Cluster::new(manifest).unwrap());
+        let cid = *cluster.cluster_id();
+        let replicas = (0..4)
+            .map(|i| {
+                Replica::new(
+                    cluster.clone(),
+                    ReplicaId(i as u32),
+                    keys[i].clone(),
+                    Recorder::default(),
+                    DurableState::default(),
+                    Time(0),
+                )
+                .unwrap()
+            })
+            .collect();
+        let verifiers = (0..4)
+            .map(|i| Verifier::new(cluster.clone(), [i as u8 + 10; 32]))
+            .collect();
+        Net {
+            cluster,
+            keys,
+            cid,
+            verifiers,
+            replicas,
+            disks: vec![DurableState::default(); 4],
+            now: 1,
+            sent: Vec::new(),
+            silenced: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            byzantine: None,
+            commit_votes_up_to: u64::MAX,
+            client: KeyPair::from_seed([99; 32]),
+            client_ts: 0,
+        }
+    }
+
+    /// Encodes, decodes and verifies a message as replica `to` would receive it from `from`.
+    fn verify_at(
+        &mut self,
+        from: usize,
+        to: usize,
+        msg: &ReplicaMessage,
+    ) -> Result<Verified<VerifiedMessage>, VerifyError> {
+        let bytes = codec::encode(msg).unwrap();
+        let msg = codec::decode(&bytes, 1 << 26).unwrap();
+        self.verifiers[to].verify_message(ReplicaId(from as u32), msg)
+    }
+
+    /// Delivers a message from `from` to `to` (the Byzantine replica's, or an honest one's).
+    fn deliver(&mut self, from: usize, to: usize, msg: &ReplicaMessage) -> Result<(), VerifyError> {
+        let v = self.verify_at(from, to, msg)?;
+        self.replicas[to].on_message(Time(self.now), ReplicaId(from as u32), v);
+        Ok(())
+    }
+
+    fn lost(&self, from: usize, to: usize, msg: &ReplicaMessage) -> bool {
+        if self.byzantine == Some(from) || self.silenced.contains(&from) {
+            return true;
+        }
+        if self.cut.contains(&from) || self.cut.contains(&to) {
+            return true;
+        }
+        matches!(msg, ReplicaMessage::Vote(v)
+            if v.subject.phase == Phase::Commit && v.subject.index.0 > self.commit_votes_up_to)
+    }
+
+    /// Persists what each replica asks and delivers what it sends, until nothing moves.
+    fn flush(&mut self) {
+        for _ in 0..1000 {
+            let mut out = Vec::new();
+            for i in 0..4 {
+                loop {
+                    let ready = self.replicas[i].ready();
+                    out.extend(ready.messages.into_iter().map(|m| (i, m)));
+                    let Some(batch) = ready.persist else { break };
+                    self.disks[i].apply_batch(PersistBatch {
+                        id: batch.id,
+                        ops: batch.ops.clone(),
+                    });
+                    self.replicas[i].on_persisted(Time(self.now), batch.id);
+                }
+            }
+            if out.is_empty() {
+                return;
+            }
+            for (from, m) in out {
+                self.sent.push((self.now, from, m.to, m.message.clone()));
+                let targets: Vec<usize> = match m.to {
+                    Target::Replica(r) => vec![r.0 as usize],
+                    Target::AllOthers => (0..4).filter(|r| *r != from).collect(),
+                };
+                for to in targets {
+                    if !self.lost(from, to, &m.message) {
+                        if let Err(e) = self.deliver(from, to, &m.message) {
+                            panic!("replica {from}'s {} refused: {e}", m.message.kind());
+                        }
+                    }
+                }
+            }
+        }
+        panic!("the network does not settle");
+    }
+
+    fn step(&mut self) {
+        self.now += STEP_US;
+        for i in 0..4 {
+            self.replicas[i].on_tick(Time(self.now));
+        }
+        self.flush();
+    }
+
+    fn run_until(&mut self, what: &str, max_steps: usize, done: impl Fn(&Net) -> bool) {
+        for _ in 0..max_steps {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        assert!(
+            done(self),
+            "{what}: not reached in {max_steps} steps\n{}",
+            self.describe()
+        );
+    }
+
+    fn describe(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: term {} seeking {} commit {} last {}\n",
+                    r.id(),
+                    r.term().0,
+                    r.is_changing_term(),
+                    r.commit_index().0,
+                    r.last_index().0
+                )
+            })
+            .collect()
+    }
+
+    fn submit(&mut self, to: usize) {
+        self.client_ts += 1;
+        let tx = SignedTx::sign(
+            &self.cid,
+            &self.client,
+            self.client_ts,
+            format!("op {}", self.client_ts).into_bytes(),
+        );
+        let tx = self.verifiers[to].verify_tx(tx).unwrap();
+        self.replicas[to].on_client_tx(Time(self.now), tx);
+        self.flush();
+    }
+
+    fn in_term(&self, r: usize, term: u64) -> bool {
+        self.replicas[r].term() == Term(term) && !self.replicas[r].is_changing_term()
+    }
+
+    fn seeking(&self, r: usize, term: u64) -> bool {
+        self.replicas[r].term() == Term(term) && self.replicas[r].is_changing_term()
+    }
+
+    /// The committed log of a replica, as entry hashes.
+    fn committed(&self, r: usize) -> Vec<Digest> {
+        let rep = &self.replicas[r];
+        (1..=rep.commit_index().0)
+            .map(|i| rep.entry_hash(Index(i)).unwrap())
+            .collect()
+    }
+
+    /// The newest TermChange replica `r` sent for `term`.
+    fn term_change_of(&self, r: usize, term: u64) -> TermChange {
+        self.sent
+            .iter()
+            .rev()
+            .find_map(|(_, from, _, m)| match m {
+                ReplicaMessage::TermChange(tc) if *from == r && tc.new_term == Term(term) => {
+                    Some(tc.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("replica {r} sent no TermChange for term {term}"))
+    }
+
+    /// The prepared certificate the leader of `term` sent for `index`.
+    fn prepared_certificate(&self, term: u64, index: u64) -> Certificate {
+        self.sent
+            .iter()
+            .find_map(|(_, _, _, m)| match m {
+                ReplicaMessage::Append(pc)
+                    if pc.subject.term == Term(term) && pc.subject.index == Index(index) =>
+                {
+                    Some(pc.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    /// PreAppend votes that replica `r` sent in `term`, by index.
+    fn pre_append_votes(&self, r: usize, term: u64) -> Vec<u64> {
+        self.sent
+            .iter()
+            .filter_map(|(_, from, _, m)| match m {
+                ReplicaMessage::Vote(v)
+                    if *from == r
+                        && v.subject.phase == Phase::PreAppend
+                        && v.subject.term == Term(term) =>
+                {
+                    Some(v.subject.index.0)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The entries the leader of `term` proposed, in the order it first proposed them.
+    fn proposals(&self, term: u64) -> Vec<(u64, Digest)> {
+        let mut seen = Vec::new();
+        for (_, _, _, m) in &self.sent {
+            if let ReplicaMessage::PreAppend(p) = m {
+                if p.term == Term(term) {
+                    let item = (p.entry.index.0, self.hash_of(&p.entry));
+                    if !seen.contains(&item) {
+                        seen.push(item);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    fn header_of(&self, e: &Entry) -> EntryHeader {
+        let ids: Vec<Digest> = e.txs.iter().map(|t| t.id(&self.cid)).collect();
+        EntryHeader {
+            term: e.term,
+            index: e.index,
+            prev_hash: e.prev_hash,
+            tx_root: merkle::root(&self.cid, &ids),
+        }
+    }
+
+    fn hash_of(&self, e: &Entry) -> Digest {
+        self.header_of(e).hash(&self.cid)
+    }
+
+    /// A PreAppend signed by the leader of `term` (the Byzantine replica, for term 2).
+    fn pre_append(&self, term: u64, entry: Arc<Entry>) -> ReplicaMessage {
+        let leader = self.cluster.leader_of(Term(term)).0 as usize;
+        let hash = self.hash_of(&entry);
+        ReplicaMessage::PreAppend(PreAppend {
+            term: Term(term),
+            leader_sig: self.keys[leader].sign(&pre_append_digest(
+                &self.cid,
+                Term(term),
+                entry.index,
+                &hash,
+            )),
+            entry,
+        })
+    }
+}
+
+/// What the Byzantine leader of term 2 has to work with.
+struct Material {
+    /// The committed entries 1..=3 and their hashes.
+    entries: Vec<Arc<Entry>>,
+    hashes: Vec<Digest>,
+    /// Honest TermChanges for term 2, and the same replicas' TermChanges for term 1.
+    tc2: BTreeMap<usize, TermChange>,
+    tc1: BTreeMap<usize, TermChange>,
+    /// The Byzantine replica's own TermChange for term 2: no stable certificate, and only the
+    /// (old, term 0) prepared certificate of entry 1.
+    bogus: TermChange,
+    /// Each honest replica's committed log before the attack.
+    before: BTreeMap<usize, Vec<Digest>>,
+}
+
+/// Runs the history up to every honest replica seeking term 2 (leader: the Byzantine replica).
+fn committed_then_byzantine_leader(params: Params) -> (Net, Material) {
+    let mut net = Net::new(params);
+    net.commit_votes_up_to = 1;
+
+    // Term 0: entry 1 committed and executed everywhere, with its execution certificate.
+    net.submit(0);
+    net.run_until(
+        "entry 1 committed with its execution certificate",
+        50,
+        |n| {
+            (0..4).all(|r| {
+                n.replicas[r].commit_index() == Index(1)
+                    && n.replicas[r]
+                        .latest_execution_certificate()
+                        .is_some_and(|ec| ec.subject.index == Index(1))
+            })
+        },
+    );
+
+    // Leader 0 falls silent: the others suspect it and term 1 (leader 1) starts.
+    net.silenced.insert(0);
+    net.run_until("term 1 started everywhere", 200, |n| {
+        (0..4).all(|r| n.in_term(r, 1))
+    });
+    net.silenced.clear();
+
+    // Term 1: entries 2 and 3 are committed by replicas 0, 1 and 2 while replica 3 is cut off.
+    net.cut.insert(3);
+    net.submit(1);
+    net.run_until("entry 2 committed", 50, |n| {
+        [0, 1, 2]
+            .iter()
+            .all(|&r| n.replicas[r].commit_index() == Index(2))
+    });
+    net.submit(1);
+    net.run_until("entry 3 committed", 50, |n| {
+        [0, 1, 2]
+            .iter()
+            .all(|&r| n.replicas[r].commit_index() == Index(3))
+    });
+    assert_eq!(net.replicas[3].last_index(), Index(1));
+    for r in 0..4 {
+        let ec = net.replicas[r].latest_execution_certificate().unwrap();
+        assert_eq!(
+            ec.subject.index,
+            Index(1),
+            "no execution certificate above 1"
+        );
+    }
+
+    // Replica 3 is back, leader 1 falls silent, replica 2 turns Byzantine: the honest replicas
+    // seek term 2. Leader 1 joins on f + 1 TermChanges; then it may speak again.
+    net.cut.clear();
+    net.silenced.insert(1);
+    net.byzantine = Some(BYZANTINE);
+    net.run_until("leader 1 joins the term change", 200, |n| n.seeking(1, 2));
+    net.silenced.clear();
+    net.run_until("every honest replica seeks term 2 and said so", 50, |n| {
+        HONEST.iter().all(|&r| {
+            n.seeking(r, 2)
+                && n.sent.iter().any(|(_, from, _, m)| {
+                    *from == r
+                        && matches!(m, ReplicaMessage::TermChange(tc) if tc.new_term == Term(2))
+                })
+        })
+    });
+
+    let entries: Vec<Arc<Entry>> = net.replicas[0]
+        .committed_entries()
+        .map(|e| Arc::new(e.clone()))
+        .collect();
+    assert_eq!(entries.len(), 3);
+    let hashes: Vec<Digest> = entries.iter().map(|e| net.hash_of(e)).collect();
+    let tc2: BTreeMap<usize, TermChange> = HONEST
+        .iter()
+        .map(|&r| (r, net.term_change_of(r, 2)))
+        .collect();
+    let tc1: BTreeMap<usize, TermChange> = HONEST
+        .iter()
+        .map(|&r| (r, net.term_change_of(r, 1)))
+        .collect();
+    // What the honest replicas report: replicas 0 and 1 the term-1 certificates of 2 and 3,
+    // replica 3 nothing above the base; for term 1, nothing above the base either.
+    for r in [0, 1] {
+        let reported: Vec<u64> = tc2[&r]
+            .prepared
+            .iter()
+            .map(|p| p.certificate.subject.index.0)
+            .collect();
+        assert_eq!(reported, vec![2, 3]);
+    }
+    assert!(tc2[&3].prepared.is_empty() && tc1.values().all(|tc| tc.prepared.is_empty()));
+
+    let pc1 = net.prepared_certificate(0, 1);
+    let bogus = TermChange::sign(
+        &net.cid,
+        &net.keys[BYZANTINE],
+        ReplicaId(BYZANTINE as u32),
+        Term(2),
+        None,
+        vec![PreparedEntry {
+            certificate: pc1,
+            header: net.header_of(&entries[0]),
+        }],
+    );
+    let before = HONEST.iter().map(|&r| (r, net.committed(r))).collect();
+    let material = Material {
+        entries,
+        hashes,
+        tc2,
+        tc1,
+        bogus,
+        before,
+    };
+    (net, material)
+}
+
+impl Material {
+    /// The honest choice above the base: entries 2 and 3.
+    fn honest_list(&self) -> Vec<(Index, Digest)> {
+        vec![(Index(2), self.hashes[1]), (Index(3), self.hashes[2])]
+    }
+
+    fn new_term(&self, term_changes: Vec<TermChange>, chosen: Vec<(Index, Digest)>) -> NewTerm {
+        NewTerm {
+            new_term: Term(2),
+            term_changes,
+            chosen,
+        }
+    }
+
+    /// What `choose` makes of some TermChanges, whatever their number (for the attacks).
+    fn list_of(&self, cid: &Digest, changes: &[TermChange]) -> Vec<(Index, Digest)> {
+        choose(cid, 1, changes[0].new_term, changes).unwrap().list()
+    }
+}
+
+/// The Byzantine leader's ways to lose committed entries, each caught by one check.
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// (a) The chosen list leaves out committed entry 3.
+    OmitsCommittedEntry,
+    /// (b) The chosen list names another entry at index 2.
+    ReplacesCommittedEntry,
+    /// (c) Two TermChanges (its own and replica 3's, neither reporting 2 or 3).
+    TooFewTermChanges,
+    /// (c) Three TermChanges, two of them the same replica's.
+    DuplicateTermChange,
+    /// (d) Valid TermChanges of the same replicas, but for term 1 (before 2 and 3 committed).
+    TermChangesForAnotherTerm,
+    /// (e) Replica 0's and 1's TermChanges with their prepared certificates removed.
+    TamperedTermChanges,
+    /// (e) A TermChange in replica 0's name, signed by the Byzantine replica.
+    ImpersonatedTermChange,
+}
+
+impl Attack {
+    /// The attack's NewTerm, and its honest counterpart made from the same material.
+    fn new_terms(self, net: &Net, m: &Material) -> (NewTerm, NewTerm) {
+        let tc = |r: usize| m.tc2[&r].clone();
+        let honest = m.new_term(vec![m.bogus.clone(), tc(0), tc(3)], m.honest_list());
+        match self {
+            Attack::OmitsCommittedEntry => {
+                let mut list = m.honest_list();
+                list.pop();
+                (m.new_term(honest.term_changes.clone(), list), honest)
+            }
+            Attack::ReplacesCommittedEntry => {
+                // Its own entry 2 (on entry 1, in term 2), with a tx the client never sent.
+                let tx = SignedTx::sign(&net.cid, &net.keys[BYZANTINE], 1, b"forged".to_vec());
+                let fake = Entry {
+                    term: Term(2),
+                    index: Index(2),
+                    prev_hash: m.hashes[0],
+                    txs: vec![tx],
+                };
+                let mut list = m.honest_list();
+                list[0].1 = net.hash_of(&fake);
+                (m.new_term(honest.term_changes.clone(), list), honest)
+            }
+            Attack::TooFewTermChanges => {
+                let changes = vec![m.bogus.clone(), tc(3)];
+                let list = m.list_of(&net.cid, &changes);
+                assert!(list.is_empty(), "two TermChanges that would drop 2 and 3");
+                (m.new_term(changes, list), honest)
+            }
+            Attack::DuplicateTermChange => {
+                let changes = vec![m.bogus.clone(), tc(3), tc(3)];
+                (m.new_term(changes, vec![]), honest)
+            }
+            Attack::TermChangesForAnotherTerm => {
+                let changes: Vec<TermChange> = m.tc1.values().cloned().collect();
+                let list = m.list_of(&net.cid, &changes);
+                assert!(list.is_empty(), "term-1 TermChanges report neither 2 nor 3");
+                let control = m.new_term(m.tc2.values().cloned().collect(), m.honest_list());
+                (m.new_term(changes, list), control)
+            }
+            Attack::TamperedTermChanges => {
+                let mut changes = vec![tc(0), tc(1), tc(3)];
+                changes[0].prepared.clear();
+                changes[1].prepared.clear();
+                let list = m.list_of(&net.cid, &changes);
+                assert!(list.is_empty());
+                let control = m.new_term(vec![tc(0), tc(1), tc(3)], m.honest_list());
+                (m.new_term(changes, list), control)
+            }
+            Attack::ImpersonatedTermChange => {
+                let forged = TermChange::sign(
+                    &net.cid,
+                    &net.keys[BYZANTINE],
+                    ReplicaId(0),
+                    Term(2),
+                    tc(0).stable,
+                    vec![],
+                );
+                let changes = vec![forged, m.bogus.clone(), tc(3)];
+                let list = m.list_of(&net.cid, &changes);
+                assert!(list.is_empty());
+                (m.new_term(changes, list), honest)
+            }
+        }
+    }
+
+    /// The refusal the attack must meet.
+    fn refused(self, e: &VerifyError) -> bool {
+        match self {
+            Attack::OmitsCommittedEntry | Attack::ReplacesCommittedEntry => matches!(
+                e,
+                VerifyError::Malformed {
+                    what: "new term",
+                    ..
+                }
+            ),
+            Attack::TooFewTermChanges => matches!(
+                e,
+                VerifyError::Choice(ChoiceError::TooFew { got: 2, quorum: 3 })
+            ),
+            Attack::DuplicateTermChange => matches!(
+                e,
+                VerifyError::Choice(ChoiceError::DuplicateSender(ReplicaId(3)))
+            ),
+            Attack::TermChangesForAnotherTerm => matches!(
+                e,
+                VerifyError::Choice(ChoiceError::WrongTerm {
+                    expected: Term(2),
+                    got: Term(1)
+                })
+            ),
+            Attack::TamperedTermChanges | Attack::ImpersonatedTermChange => matches!(
+                e,
+                VerifyError::Signature {
+                    what: "term change",
+                    ..
+                }
+            ),
+        }
+    }
+}
+
+/// The Byzantine leader re-proposes committed entries 2 and 3 in term 2 (and, in an attack, a
+/// conflicting entry 3 as well), signed with its key.
+fn byzantine_pre_appends(net: &mut Net, m: &Material, conflicting: bool) {
+    let mut messages = vec![
+        net.pre_append(2, m.entries[1].clone()),
+        net.pre_append(2, m.entries[2].clone()),
+    ];
+    if conflicting {
+        let tx = SignedTx::sign(&net.cid, &net.keys[BYZANTINE], 1, b"other".to_vec());
+        let other = Arc::new(Entry {
+            term: Term(2),
+            index: Index(3),
+            prev_hash: m.hashes[1],
+            txs: vec![tx],
+        });
+        messages.push(net.pre_append(2, other));
+    }
+    for msg in &messages {
+        for r in HONEST {
+            net.deliver(BYZANTINE, r, msg)
+                .expect("a PreAppend signed by the leader of term 2 verifies");
+        }
+    }
+    net.flush();
+}
+
+fn byzantine_new_term_is_refused(attack: Attack) {
+    let (mut net, m) = committed_then_byzantine_leader(Params::default());
+    let (bad, _) = attack.new_terms(&net, &m);
+    let msg = ReplicaMessage::NewTerm(Arc::new(bad));
+    for r in HONEST {
+        match net.deliver(BYZANTINE, r, &msg) {
+            Err(e) => assert!(
+                attack.refused(&e),
+                "{attack:?}: refused for another reason: {e}"
+            ),
+            Ok(()) => panic!("{attack:?}: replica {r} accepted the NewTerm"),
+        }
+    }
+    net.flush();
+    byzantine_pre_appends(&mut net, &m, true);
+    for r in HONEST {
+        assert!(net.seeking(r, 2), "{attack:?}: replica {r} entered term 2");
+        assert!(
+            net.pre_append_votes(r, 2).is_empty(),
+            "{attack:?}: replica {r} voted in term 2"
+        );
+        assert!(net.replicas[r].metrics().refused["pre-append for another term"] >= 2);
+        assert_eq!(
+            net.committed(r),
+            m.before[&r],
+            "{attack:?}: replica {r}'s committed log"
+        );
+    }
+
+    // Term 2 never starts; the honest replicas move on to term 3 (leader 3, honest, which lacks
+    // entries 2 and 3). The Byzantine replica asks for term 3 too, reporting nothing.
+    let bogus3 = TermChange::sign(
+        &net.cid,
+        &net.keys[BYZANTINE],
+        ReplicaId(BYZANTINE as u32),
+        Term(3),
+        None,
+        vec![],
+    );
+    for r in HONEST {
+        net.deliver(BYZANTINE, r, &ReplicaMessage::TermChange(bogus3.clone()))
+            .unwrap();
+    }
+    net.flush();
+    net.run_until("term 3 started at every honest replica", 300, |n| {
+        HONEST.iter().all(|&r| n.in_term(r, 3))
+    });
+    net.run_until("leader 3 re-proposed the chosen log", 100, |n| {
+        n.proposals(3).len() >= 2
+    });
+    // It proposes the committed entries again, same entries, same order, and nothing else yet.
+    let expected: Vec<(u64, Digest)> = vec![(2, m.hashes[1]), (3, m.hashes[2])];
+    assert_eq!(
+        net.proposals(3),
+        expected,
+        "{attack:?}: leader 3's re-proposals"
+    );
+
+    // A new tx commits on top of them, everywhere.
+    net.submit(3);
+    net.run_until("entry 4 committed at every honest replica", 100, |n| {
+        HONEST
+            .iter()
+            .all(|&r| n.replicas[r].commit_index() >= Index(4))
+    });
+    let reference = net.committed(0);
+    assert_eq!(
+        &reference[..3],
+        &m.before[&0][..],
+        "{attack:?}: entries 1..=3 changed"
+    );
+    for r in HONEST {
+        assert_eq!(
+            net.committed(r),
+            reference,
+            "{attack:?}: replica {r}'s committed log"
+        );
+    }
+    assert_eq!(net.proposals(3)[..2], expected[..]);
+}
+
+fn honest_new_term_is_accepted(attack: Attack) {
+    let (mut net, m) = committed_then_byzantine_leader(Params::default());
+    let (_, good) = attack.new_terms(&net, &m);
+    let chosen = good.chosen.clone();
+    let msg = ReplicaMessage::NewTerm(Arc::new(good));
+    for r in HONEST {
+        net.deliver(BYZANTINE, r, &msg)
+            .unwrap_or_else(|e| panic!("{attack:?} control: replica {r} refused: {e}"));
+        assert!(
+            net.in_term(r, 2),
+            "{attack:?} control: replica {r} is not in term 2"
+        );
+    }
+    assert_eq!(chosen, m.honest_list());
+    net.flush();
+    byzantine_pre_appends(&mut net, &m, false);
+    for r in HONEST {
+        assert_eq!(
+            net.pre_append_votes(r, 2),
+            vec![2, 3],
+            "{attack:?} control: replica {r}'s votes in term 2"
+        );
+        assert_eq!(net.committed(r), m.before[&r]);
+        assert_eq!(net.replicas[r].entry_hash(Index(2)), Some(m.hashes[1]));
+        assert_eq!(net.replicas[r].entry_hash(Index(3)), Some(m.hashes[2]));
+    }
+}
+
+#[test]
+fn a_new_term_omitting_a_committed_entry_is_refused() {
+    byzantine_new_term_is_refused(Attack::OmitsCommittedEntry);
+}
+
+#[test]
+fn control_a_new_term_with_every_committed_entry_is_accepted() {
+    honest_new_term_is_accepted(Attack::OmitsCommittedEntry);
+}
+
+#[test]
+fn a_new_term_replacing_a_committed_entry_is_refused() {
+    byzantine_new_term_is_refused(Attack::ReplacesCommittedEntry);
+}
+
+#[test]
+fn control_a_new_term_with_the_committed_hashes_is_accepted() {
+    honest_new_term_is_accepted(Attack::ReplacesCommittedEntry);
+}
+
+#[test]
+fn a_new_term_with_fewer_than_a_quorum_of_term_changes_is_refused() {
+    byzantine_new_term_is_refused(Attack::TooFewTermChanges);
+}
+
+#[test]
+fn control_a_new_term_with_a_quorum_including_a_lying_term_change_is_accepted() {
+    honest_new_term_is_accepted(Attack::TooFewTermChanges);
+}
+
+#[test]
+fn a_new_term_padding_its_quorum_with_a_duplicate_is_refused() {
+    byzantine_new_term_is_refused(Attack::DuplicateTermChange);
+}
+
+#[test]
+fn control_a_new_term_with_distinct_senders_is_accepted() {
+    honest_new_term_is_accepted(Attack::DuplicateTermChange);
+}
+
+#[test]
+fn a_new_term_carrying_term_changes_for_another_term_is_refused() {
+    byzantine_new_term_is_refused(Attack::TermChangesForAnotherTerm);
+}
+
+#[test]
+fn control_a_new_term_carrying_term_changes_for_its_term_is_accepted() {
+    honest_new_term_is_accepted(Attack::TermChangesForAnotherTerm);
+}
+
+#[test]
+fn a_new_term_carrying_tampered_term_changes_is_refused() {
+    byzantine_new_term_is_refused(Attack::TamperedTermChanges);
+}
+
+#[test]
+fn control_a_new_term_carrying_the_term_changes_as_signed_is_accepted() {
+    honest_new_term_is_accepted(Attack::TamperedTermChanges);
+}
+
+#[test]
+fn a_new_term_carrying_an_impersonated_term_change_is_refused() {
+    byzantine_new_term_is_refused(Attack::ImpersonatedTermChange);
+}
+
+#[test]
+fn control_a_new_term_carrying_only_genuine_term_changes_is_accepted() {
+    honest_new_term_is_accepted(Attack::ImpersonatedTermChange);
+}
+
+// ----- findings: liveness after the recovery above (ignored: they fail today) -----
+//
+// A new leader that lacks entries the others already committed (replica 3 here, which missed
+// entries 2 and 3) re-proposes them (`repropose_chosen` starts at its own commit index), but a
+// replica that committed an index never votes Append for it again (`on_prepared` returns early
+// at or below its commit index, and `vote_appends` starts above it). The leader forms a prepared
+// certificate but never a commit certificate for them, and nothing makes it fetch them either
+// (`request_fetch` needs a commit certificate above its commit index, and only leaders send
+// those). Run with `cargo test -p raft-bft --test term_change -- --ignored`.
+
+/// The recovery of the attack tests above, up to the honest leader of term 3 having proposed the
+/// chosen log again.
+fn recovered_in_term_3(params: Params) -> (Net, Material) {
+    let (mut net, m) = committed_then_byzantine_leader(params);
+    net.run_until("term 3 started at every honest replica", 300, |n| {
+        HONEST.iter().all(|&r| n.in_term(r, 3))
+    });
+    net.run_until("leader 3 re-proposed the chosen log", 100, |n| {
+        n.proposals(3).len() >= 2
+    });
+    (net, m)
+}
+
+// FINDING 1: in an idle cluster, the new leader never commits (nor executes) the entries it
+// re-proposed that the others had committed; it retransmits their Append message to every
+// replica every heartbeat interval, forever (about 240 messages in two idle seconds).
+#[test]
+#[ignore = "finding: a leader behind the others' commit index cannot commit its re-proposals"]
+fn finding_1_a_new_leader_behind_never_commits_what_the_others_committed() {
+    let (mut net, _) = recovered_in_term_3(Params::default());
+    for _ in 0..100 {
+        net.step(); // one idle second
+    }
+    assert_eq!(
+        net.replicas[3].commit_index(),
+        Index(3),
+        "leader 3 is stuck below entries 2 and 3, which replicas 0 and 1 committed\n{}",
+        net.describe()
+    );
+}
+
+// FINDING 2: the stuck re-proposals count against the pipeline: once they fill it (two of them
+// with `pipeline_depth: 2`; with the default, a leader behind by eight entries), the leader
+// proposes nothing new, and a tx sent to it is never ordered. No follower suspects it (its
+// Append retransmissions count as contact, and followers that held the entries set no commit
+// timer), so the term stalls until a client rebroadcasts to the followers and their request
+// timers fire.
+#[test]
+#[ignore = "finding: stuck re-proposals fill the pipeline and stall the term"]
+fn finding_2_stuck_re_proposals_fill_the_pipeline_and_stall_the_term() {
+    let (mut net, _) = recovered_in_term_3(Params {
+        pipeline_depth: 2,
+        ..Params::default()
+    });
+    net.submit(3);
+    net.run_until("a new tx committed in term 3 (or later)", 300, |n| {
+        HONEST
+            .iter()
+            .all(|&r| n.replicas[r].commit_index() >= Index(4))
+    });
 }
