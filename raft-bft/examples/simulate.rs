@@ -78,6 +78,10 @@ struct Args {
     /// Break the protocol on purpose: quorum-2f, skip-pc-check or forget-votes.
     #[arg(long, value_parser = parse_mutant)]
     mutant: Option<Mutant>,
+    /// With --byzantine: run the same configuration without the adversary (the comparison runs
+    /// of the table; for replaying one that failed).
+    #[arg(long)]
+    without_adversary: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -146,7 +150,7 @@ fn config(args: &Args, seed: u64, baseline: bool) -> SimConfig {
     c
 }
 
-fn replay_command(args: &Args, seed: u64) -> String {
+fn replay_command(args: &Args, seed: u64, baseline: bool) -> String {
     let mut cmd = format!(
         "cargo run --release -p raft-bft --example simulate -- --seed {seed} --replicas {}",
         args.replicas
@@ -178,6 +182,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     }
     if let Some(m) = args.mutant {
         cmd.push_str(&format!(" --mutant {m}"));
+    }
+    if baseline || args.without_adversary {
+        cmd.push_str(" --without-adversary");
     }
     cmd
 }
@@ -286,7 +293,7 @@ fn main() {
         );
     }
     // With an adversary, each seed also runs without it, for the throughput comparison.
-    let with_baseline = args.byzantine.is_some() && args.seed.is_none();
+    let with_baseline = args.byzantine.is_some() && args.seed.is_none() && !args.without_adversary;
     let jobs: Vec<(u64, bool)> = seeds
         .iter()
         .flat_map(|&s| std::iter::once((s, false)).chain(with_baseline.then_some((s, true))))
@@ -306,7 +313,7 @@ fn main() {
                     break;
                 };
                 let t = Instant::now();
-                let report = sim::run(config(&args, seed, baseline));
+                let report = sim::run(config(&args, seed, baseline || args.without_adversary));
                 let secs = t.elapsed().as_secs_f64();
                 if !report.is_ok() {
                     let what = if baseline {
@@ -346,7 +353,7 @@ fn main() {
             slowest = (run.secs, r.seed);
         }
         if args.seed.is_some() {
-            let c = config(&args, r.seed, false);
+            let c = config(&args, r.seed, args.without_adversary);
             println!(
                 "params: pipeline_depth={} max_batch_txs={} max_batch_delay={:?}",
                 c.params.pipeline_depth, c.params.max_batch_txs, c.params.max_batch_delay
@@ -371,9 +378,9 @@ fn main() {
             if let Some(why) = &r.liveness_failure {
                 println!("  LIVENESS: {why}");
             }
-            println!("  replay: {}", replay_command(&args, r.seed));
+            println!("  replay: {}", replay_command(&args, r.seed, run.baseline));
         }
-        if args.byzantine.is_some() {
+        if args.byzantine.is_some() && !args.without_adversary {
             print_table(&runs);
         }
         eprintln!(

@@ -34,11 +34,7 @@ fn assert_all_ok(reports: impl IntoIterator<Item = SimReport>) {
 
 #[test]
 fn every_strategy_is_survived_with_one_byzantine_replica_of_four() {
-    assert_all_ok(
-        Strategy::ALL
-            .into_iter()
-            .map(|s| run(s, 1000, 4, 1)),
-    );
+    assert_all_ok(Strategy::ALL.into_iter().map(|s| run(s, 1000, 4, 1)));
 }
 
 /// n = 7 tolerates two Byzantine replicas acting together (or one plus a crash).
@@ -63,7 +59,10 @@ fn two_byzantine_replicas_of_seven() {
 fn adversaries_have_an_effect() {
     for seed in 0..3 {
         let mute = run(Strategy::MuteLeader, seed, 4, 1);
-        assert!(mute.max_term >= 1, "the mute leader was never replaced\n{mute}");
+        assert!(
+            mute.max_term >= 1,
+            "the mute leader was never replaced\n{mute}"
+        );
         let wrong = run(Strategy::WrongNewTerm, seed, 4, 1);
         assert!(
             wrong.max_term >= 2,
@@ -80,8 +79,16 @@ fn adversaries_have_an_effect() {
         );
         let garbage = run(Strategy::Garbage, seed, 4, 1);
         assert!(
-            garbage.counters.decode_errors.keys().any(|k| k.contains("too-large"))
-                && garbage.counters.decode_errors.keys().any(|k| k.contains("malformed")),
+            garbage
+                .counters
+                .decode_errors
+                .keys()
+                .any(|k| k.contains("too-large"))
+                && garbage
+                    .counters
+                    .decode_errors
+                    .keys()
+                    .any(|k| k.contains("malformed")),
             "garbage did not reach the decoder\n{garbage}"
         );
         assert_all_ok([mute, wrong, forged, garbage]);
@@ -90,7 +97,11 @@ fn adversaries_have_an_effect() {
 
 #[test]
 fn byzantine_runs_are_deterministic() {
-    for s in [Strategy::Twins, Strategy::Garbage, Strategy::EquivocatingLeader] {
+    for s in [
+        Strategy::Twins,
+        Strategy::Garbage,
+        Strategy::EquivocatingLeader,
+    ] {
         assert_eq!(run(s, 3, 4, 1), run(s, 3, 4, 1), "{s}");
     }
 }
@@ -145,5 +156,8 @@ fn f_plus_one_twins_fork_and_the_fork_is_detected() {
         let report = run(Strategy::Twins, seed, 4, 2);
         report.violations.iter().any(|v| v.contains("agreement"))
     });
-    assert!(caught.is_some(), "f + 1 twins never forked the log in 10 seeds");
+    assert!(
+        caught.is_some(),
+        "f + 1 twins never forked the log in 10 seeds"
+    );
 }

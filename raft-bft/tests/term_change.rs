@@ -1256,15 +1256,12 @@ fn control_a_new_term_carrying_only_genuine_term_changes_is_accepted() {
     honest_new_term_is_accepted(Attack::ImpersonatedTermChange);
 }
 
-// ----- findings: liveness after the recovery above (ignored: they fail today) -----
+// ----- liveness after the recovery above -----
 //
 // A new leader that lacks entries the others already committed (replica 3 here, which missed
-// entries 2 and 3) re-proposes them (`repropose_chosen` starts at its own commit index), but a
-// replica that committed an index never votes Append for it again (`on_prepared` returns early
-// at or below its commit index, and `vote_appends` starts above it). The leader forms a prepared
-// certificate but never a commit certificate for them, and nothing makes it fetch them either
-// (`request_fetch` needs a commit certificate above its commit index, and only leaders send
-// those). Run with `cargo test -p raft-bft --test term_change -- --ignored`.
+// entries 2 and 3) re-proposes them (`repropose_chosen` starts at its own commit index). Replicas
+// that committed them vote Append for them again in the new term (`on_prepared`), so the leader
+// commits them too; before that fix it never did, and they clogged its pipeline.
 
 /// The recovery of the attack tests above, up to the honest leader of term 3 having proposed the
 /// chosen log again.
@@ -1279,12 +1276,11 @@ fn recovered_in_term_3(params: Params) -> (Net, Material) {
     (net, m)
 }
 
-// FINDING 1: in an idle cluster, the new leader never commits (nor executes) the entries it
-// re-proposed that the others had committed; it retransmits their Append message to every
-// replica every heartbeat interval, forever (about 240 messages in two idle seconds).
+// Regression: a new leader behind the others' commit index re-proposes what they committed; it
+// used to never commit (nor execute) those entries, since followers gave no Append vote at or
+// below their commit index, and it retransmitted their Append messages every heartbeat forever.
 #[test]
-#[ignore = "finding: a leader behind the others' commit index cannot commit its re-proposals"]
-fn finding_1_a_new_leader_behind_never_commits_what_the_others_committed() {
+fn a_new_leader_behind_commits_what_the_others_committed() {
     let (mut net, _) = recovered_in_term_3(Params::default());
     for _ in 0..100 {
         net.step(); // one idle second
@@ -1297,15 +1293,11 @@ fn finding_1_a_new_leader_behind_never_commits_what_the_others_committed() {
     );
 }
 
-// FINDING 2: the stuck re-proposals count against the pipeline: once they fill it (two of them
-// with `pipeline_depth: 2`; with the default, a leader behind by eight entries), the leader
-// proposes nothing new, and a tx sent to it is never ordered. No follower suspects it (its
-// Append retransmissions count as contact, and followers that held the entries set no commit
-// timer), so the term stalls until a client rebroadcasts to the followers and their request
-// timers fire.
+// Regression: the stuck re-proposals above used to fill the pipeline (two of them with
+// `pipeline_depth: 2`), so the leader proposed nothing new and a tx sent to it was never
+// ordered, while no follower suspected it.
 #[test]
-#[ignore = "finding: stuck re-proposals fill the pipeline and stall the term"]
-fn finding_2_stuck_re_proposals_fill_the_pipeline_and_stall_the_term() {
+fn re_proposals_of_committed_entries_do_not_stall_the_pipeline() {
     let (mut net, _) = recovered_in_term_3(Params {
         pipeline_depth: 2,
         ..Params::default()

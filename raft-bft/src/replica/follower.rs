@@ -207,7 +207,16 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if s.index <= self.log.commit_index() {
-            return; // committed already
+            // Committed here already. A new leader that was behind re-proposes it in its term
+            // and can only commit it with our Append vote: give it (the same entry, already
+            // committed, so the vote changes nothing here).
+            if self.log.hash_at(s.index) == Some(s.entry_hash) {
+                self.vote(VoteSubject {
+                    phase: Phase::Append,
+                    ..s
+                });
+            }
+            return;
         }
         if s.index > self.log.tip() {
             self.keep_early_certificate(pc);

@@ -163,6 +163,9 @@ pub struct SimConfig {
     pub mutant: Option<Mutant>,
     /// Scripted isolations of single replicas (on top of random partitions).
     pub isolations: Vec<Isolation>,
+    /// Ends the run at the first safety violation (for mutants: once the protocol is shown
+    /// broken, the rest of a forked run only costs time).
+    pub stop_on_violation: bool,
 }
 
 impl SimConfig {
@@ -190,6 +193,7 @@ impl SimConfig {
             byzantine: None,
             mutant: None,
             isolations: Vec::new(),
+            stop_on_violation: false,
         }
     }
 
@@ -269,6 +273,7 @@ impl SimConfig {
             config.crashes.max_down = Some(f.max(1));
         }
         config.mutant = Some(mutant);
+        config.stop_on_violation = true;
         config
     }
 

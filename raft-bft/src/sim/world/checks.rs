@@ -13,6 +13,9 @@ impl<W: Workload> Simulation<W> {
 
     pub(super) fn violation(&mut self, v: String) {
         self.violation_count += 1;
+        if self.config.stop_on_violation && self.stop.is_none() {
+            self.stop = Some(Stop::Finished);
+        }
         if self.violations.len() < MAX_LISTED_VIOLATIONS {
             self.violations.push(format!("[t={} us] {v}", self.now.0));
         }
