@@ -113,6 +113,16 @@ impl<S: StateMachine> Replica<S> {
         }
         if entry.entry.prev_hash != self.log.tip_hash() {
             self.refuse("pre-append does not chain to the log's tip");
+            let own_tip = self
+                .log
+                .get(self.log.tip())
+                .and_then(|slot| slot.proposal)
+                .is_some_and(|(t, _)| t == term);
+            if own_tip {
+                // The tip is this leader's own proposal of this term, and it signed an entry
+                // that does not chain to it: it broke its own chain (or equivocated below).
+                self.seek_term(term.next(), "the leader broke its own hash chain");
+            }
             return false;
         }
         if !self.txs_fresh(&entry) {

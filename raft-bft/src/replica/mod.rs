@@ -270,6 +270,22 @@ impl<S: StateMachine> Replica<S> {
         self.after_input();
     }
 
+    /// Reports that replica `from` sent bytes that did not decode or a message that failed
+    /// verification. Over an authenticated, integrity-protected transport (QUIC with TLS) that is
+    /// the sender's own doing: if the sender leads the current term, this replica leaves the
+    /// term at once (PROTOCOL.md section 4). From anyone else it changes nothing; the caller
+    /// drops the message either way.
+    ///
+    /// Call it only for bytes that arrived intact on the peer's authenticated connection, never
+    /// for input whose origin the transport does not vouch for.
+    pub fn on_invalid_message(&mut self, now: Time, from: ReplicaId) {
+        self.now = self.now.max(now);
+        if from == self.cluster.leader_of(self.term) && from != self.id && !self.terms.seeking {
+            self.seek_term(self.term.next(), "the leader sent an invalid message");
+        }
+        self.after_input();
+    }
+
     /// Handles a verified tx that a client sent to this replica.
     pub fn on_client_tx(&mut self, now: Time, tx: Verified<CheckedTx>) {
         self.now = self.now.max(now);

@@ -782,3 +782,46 @@ fn requests_for_entries_are_not_an_unthrottled_amplifier() {
         .iter()
         .any(|m| matches!(m.message, ReplicaMessage::ChosenEntry(_))));
 }
+
+#[test]
+fn an_invalid_message_from_the_leader_is_an_immediate_reason_to_leave_its_term() {
+    let fx = Fixture::new(4);
+    // From a follower: nothing happens.
+    let mut r = fx.replica(2, DurableState::default());
+    r.on_invalid_message(Time(1), ReplicaId(1));
+    assert!(!r.is_changing_term());
+    // From the leader of the current term: leave it, durably, and say so.
+    r.on_invalid_message(Time(2), ReplicaId(0));
+    assert!(r.is_changing_term());
+    assert_eq!(r.term(), Term(1));
+    let ready = r.ready();
+    let persist = ready.persist.expect("seeking a term is persisted first");
+    assert!(persist
+        .ops
+        .iter()
+        .any(|op| matches!(op, PersistOp::SeekTerm(Term(1)))));
+    // The TermChange waits for that batch.
+    assert!(ready.messages.is_empty());
+    r.on_persisted(Time(3), persist.id);
+    assert!(r
+        .ready()
+        .messages
+        .iter()
+        .any(|m| matches!(&m.message, ReplicaMessage::TermChange(tc) if tc.new_term == Term(1))));
+}
+
+#[test]
+fn a_leader_that_breaks_its_own_chain_is_left_at_once() {
+    let mut fx = Fixture::new(4);
+    let mut r = fx.replica(1, DurableState::default());
+    let p1 = fx.pre_append(Term(0), 1, fx.cid(), vec![fx.signed(1, 1, b"a")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(p1));
+    r.on_message(Time(1), ReplicaId(0), m);
+    assert_eq!(r.last_index(), Index(1));
+    // Index 2 signed by the same leader in the same term, chained to something else.
+    let p2 = fx.pre_append(Term(0), 2, Digest([9; 32]), vec![fx.signed(1, 2, b"b")]);
+    let m = fx.wire(0, &ReplicaMessage::PreAppend(p2));
+    r.on_message(Time(2), ReplicaId(0), m);
+    assert!(r.is_changing_term(), "the leader broke its chain");
+    assert_eq!(r.term(), Term(1));
+}

@@ -142,7 +142,7 @@ impl<W: Workload> Simulation<W> {
                         Endpoint::Client,
                         &bytes,
                         Duration::ZERO,
-                        |bytes| Event::Reply {
+                        |bytes, _| Event::Reply {
                             client,
                             from,
                             bytes,

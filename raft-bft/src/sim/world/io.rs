@@ -56,6 +56,7 @@ impl<W: Workload> Simulation<W> {
         from: usize,
         incarnation: u64,
         bytes: &Bytes,
+        intact: bool,
     ) {
         if self.nodes[to].incarnation != incarnation || !self.nodes[to].is_up() {
             self.counters.messages_to_crashed += 1;
@@ -70,6 +71,7 @@ impl<W: Workload> Simulation<W> {
             Ok(m) => m,
             Err(e) => {
                 self.count_decode_error("replica message", &e);
+                self.report_invalid(to, from, intact);
                 return;
             }
         };
@@ -97,7 +99,21 @@ impl<W: Workload> Simulation<W> {
                 self.trace(|| format!("r{to} refused it: {e}"));
                 let key = format!("{kind}: {}", e.kind());
                 *self.counters.verify_errors.entry(key).or_insert(0) += 1;
+                self.report_invalid(to, from, intact);
             }
+        }
+    }
+
+    /// Tells replica `to` that node `from` sent it something invalid, if the bytes arrived
+    /// intact (what an authenticated, integrity-protected connection guarantees).
+    fn report_invalid(&mut self, to: usize, from: usize, intact: bool) {
+        if !intact {
+            return;
+        }
+        let sender = self.nodes[from].id;
+        if let Some(r) = self.nodes[to].replica.as_mut() {
+            r.on_invalid_message(self.now, sender);
+            self.drain(to);
         }
     }
 
@@ -353,11 +369,12 @@ impl<W: Workload> Simulation<W> {
             Endpoint::Replica(to),
             bytes,
             delay,
-            |bytes| Event::ReplicaMessage {
+            |bytes, intact| Event::ReplicaMessage {
                 to,
                 from,
                 incarnation,
                 bytes,
+                intact,
             },
         );
     }
@@ -381,7 +398,7 @@ impl<W: Workload> Simulation<W> {
             Endpoint::Client,
             &bytes,
             Duration::ZERO,
-            |bytes| Event::Reply {
+            |bytes, _| Event::Reply {
                 client,
                 from,
                 bytes,
@@ -419,7 +436,7 @@ impl<W: Workload> Simulation<W> {
                 Endpoint::Replica(to),
                 &bytes,
                 Duration::ZERO,
-                |bytes| Event::ClientTx {
+                |bytes, _| Event::ClientTx {
                     to,
                     incarnation,
                     bytes,
@@ -435,7 +452,7 @@ impl<W: Workload> Simulation<W> {
         to: Endpoint,
         bytes: &Bytes,
         extra_delay: Duration,
-        event: impl Fn(Bytes) -> Event,
+        event: impl Fn(Bytes, bool) -> Event,
     ) {
         self.counters.messages_sent += 1;
         if let Endpoint::Replica(t) = to {
@@ -466,8 +483,10 @@ impl<W: Workload> Simulation<W> {
             } else {
                 Rc::clone(bytes)
             };
+            // The second argument: the copy arrives intact (a real transport's integrity check
+            // would have dropped a corrupted one).
             self.queue
-                .push(self.now.after(delay + extra_delay), event(copy));
+                .push(self.now.after(delay + extra_delay), event(copy, !corrupt));
         }
     }
 }

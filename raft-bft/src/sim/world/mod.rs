@@ -40,12 +40,14 @@ const MAX_LISTED_VIOLATIONS: usize = 40;
 type Bytes = Rc<[u8]>;
 
 enum Event {
-    /// A replica message arrives at replica `to` (sent to incarnation `incarnation`).
+    /// A replica message arrives at replica `to` (sent to incarnation `incarnation`);
+    /// `intact` unless the network corrupted it.
     ReplicaMessage {
         to: usize,
         from: usize,
         incarnation: u64,
         bytes: Bytes,
+        intact: bool,
     },
     /// A client tx arrives at replica `to`.
     ClientTx {
@@ -328,7 +330,8 @@ impl<W: Workload> Simulation<W> {
                 from,
                 incarnation,
                 bytes,
-            } => self.deliver_replica_message(to, from, incarnation, &bytes),
+                intact,
+            } => self.deliver_replica_message(to, from, incarnation, &bytes, intact),
             Event::ClientTx {
                 to,
                 incarnation,
