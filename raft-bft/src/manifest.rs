@@ -170,7 +170,7 @@ impl Cluster {
     /// Breaks the protocol on purpose for the whole cluster (simulator only): see
     /// [`Mutant`](crate::mutant::Mutant).
     #[cfg(feature = "simulator")]
-    pub fn with_mutant(mut self, mutant: crate::mutant::Mutant) -> Self {
+    pub(crate) fn with_mutant(mut self, mutant: crate::mutant::Mutant) -> Self {
         if mutant == crate::mutant::Mutant::QuorumOneShort {
             self.quorum = self.quorum.saturating_sub(1).max(1);
         }

@@ -2,9 +2,9 @@
 //!
 //! Each mutant removes one safety mechanism. They exist to show that the simulator's checkers
 //! have teeth: `simulate --mutant NAME` must report safety violations, and tests assert that it
-//! does within a bounded number of seeds. A mutant is switched on for a whole cluster with
-//! [`Cluster::with_mutant`](crate::manifest::Cluster::with_mutant); nothing outside the
-//! simulator can reach it.
+//! does within a bounded number of seeds. Only the simulator switches a mutant on, for a whole
+//! simulated cluster ([`SimConfig::with_mutant`](crate::sim::SimConfig::with_mutant)); no
+//! public API builds a mutated `Cluster`.
 
 use std::fmt;
 

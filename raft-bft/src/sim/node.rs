@@ -126,7 +126,7 @@ pub(crate) struct Node<S> {
     pub(crate) spoken: Spoken,
     /// `Some` for a Byzantine replica: what stands between it and the network.
     pub(crate) adversary: Option<super::adversary::Adversary>,
-    /// Which side of a twin split this instance is on (see `world::routing`).
+    /// Which side of a twin split this instance is on (see `world::byzantine`).
     pub(crate) side: bool,
     /// True for a twin: a second instance of a replica that also has a primary instance.
     pub(crate) twin: bool,

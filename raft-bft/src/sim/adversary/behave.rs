@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::{Rng as _, RngExt as _};
+use rand::{Rng as _, RngExt as _, SeedableRng as _};
 
 use crate::crypto::KeyPair;
 use crate::manifest::Cluster;
@@ -89,30 +89,56 @@ pub(crate) struct Adversary {
     /// Equivocation and invalid proposals: per `(term, index)`, the real proposal, the
     /// alternative, and the followers that got the alternative.
     alternatives: BTreeMap<(Term, Index), Lie>,
-    /// `revote-bait`: committed indices whose real proposal is sent again to the followers that
-    /// voted for the alternative, with how many more times.
-    bait: BTreeMap<(Term, Index), u32>,
+    /// Equivocation: the followers fooled in each term.
+    fooled: BTreeMap<Term, BTreeSet<ReplicaId>>,
+    /// `revote-bait`: committed indices whose real proposal is sent again, for the rest of their
+    /// term, to the followers that voted for the alternative.
+    bait: BTreeSet<(Term, Index)>,
+    /// `revote-bait`: followers fooled at an index get nothing above it until they committed it
+    /// (so that they never see a proposal that does not chain to what they hold).
+    paused: BTreeMap<ReplicaId, Index>,
     /// Recent certificates seen (forgery material).
     certificates: VecDeque<Certificate>,
     /// The highest term it has seen anywhere.
     highest_term: Term,
+    /// `term-storm`: the highest term it pushed so far (each storm message goes higher).
+    storm_term: Term,
+    /// `replay`: its own signed messages, a few per term, for the later terms.
+    own_messages: BTreeMap<Term, Vec<ReplicaMessage>>,
+    /// Its own random stream (seeded from the run's seed), so that its choices do not shift the
+    /// network's and the crashes' draws.
+    rng: SimRng,
     withhold: Withhold,
     ticks: u64,
 }
 
 impl Adversary {
-    pub(crate) fn new(strategy: Strategy, censored: Option<ClientId>) -> Self {
+    pub(crate) fn new(strategy: Strategy, censored: Option<ClientId>, seed: u64) -> Self {
         Adversary {
+            storm_term: Term(0),
+            own_messages: BTreeMap::new(),
+            rng: SimRng::seed_from_u64(seed),
             strategy,
             censored,
             recorded: VecDeque::new(),
             alternatives: BTreeMap::new(),
-            bait: BTreeMap::new(),
+            fooled: BTreeMap::new(),
+            bait: BTreeSet::new(),
+            paused: BTreeMap::new(),
             certificates: VecDeque::new(),
             highest_term: Term(0),
             withhold: Withhold::Leading,
             ticks: 0,
         }
+    }
+
+    /// Lends out its random stream (for a [`Ctx`]); give it back with `return_rng`.
+    pub(crate) fn lend_rng(&mut self) -> SimRng {
+        std::mem::replace(&mut self.rng, SimRng::seed_from_u64(0))
+    }
+
+    pub(crate) fn return_rng(&mut self, rng: SimRng) {
+        self.rng = rng;
     }
 
     /// How often `tick` runs.
@@ -122,7 +148,7 @@ impl Adversary {
             | Strategy::Garbage
             | Strategy::TermStorm
             | Strategy::ForgedCertificates => Some(Duration::from_millis(20)),
-            Strategy::RevoteBait => Some(Duration::from_millis(50)),
+            Strategy::RevoteBait => Some(Duration::from_millis(100)),
             _ => None,
         }
     }
@@ -151,8 +177,8 @@ impl Adversary {
                     (ReplicaMessage::Commit(cc), true) if self.strategy == Strategy::RevoteBait => {
                         let key = (cc.subject.term, cc.subject.index);
                         if self.alternatives.contains_key(&key) {
-                            self.bait.insert(key, 20);
-                            while self.bait.len() > 64 {
+                            self.bait.insert(key);
+                            while self.bait.len() > 16 {
                                 self.bait.pop_first();
                             }
                         }
@@ -163,6 +189,21 @@ impl Adversary {
             }
             Strategy::ForgedCertificates => vec![Act::send(to, self.forge_in(ctx, message))],
             Strategy::DoubleVoting => match &message {
+                ReplicaMessage::TermChange(tc) if tc.replica == ctx.me => {
+                    // A second, different TermChange for the same term (claiming nothing).
+                    let other = TermChange::sign(
+                        ctx.cluster.cluster_id(),
+                        ctx.key,
+                        ctx.me,
+                        tc.new_term,
+                        None,
+                        Vec::new(),
+                    );
+                    vec![
+                        Act::send(to, message.clone()),
+                        Act::send(to, ReplicaMessage::TermChange(other)),
+                    ]
+                }
                 ReplicaMessage::Vote(v) => {
                     let other = forge::conflicting_vote(
                         ctx.cluster.cluster_id(),
@@ -192,6 +233,10 @@ impl Adversary {
                 _ => vec![Act::send(to, message)],
             },
             Strategy::WithholdPc => self.withhold_outgoing(ctx, to, message),
+            Strategy::Replay => {
+                self.keep_own(&message);
+                vec![Act::send(to, message)]
+            }
             _ => vec![Act::send(to, message)],
         }
     }
@@ -260,6 +305,17 @@ impl Adversary {
                 }
                 (true, Vec::new())
             }
+            (Strategy::RevoteBait, ReplicaMessage::Vote(v)) => {
+                if v.subject.phase == Phase::Commit
+                    && self
+                        .paused
+                        .get(&from)
+                        .is_some_and(|i| v.subject.index >= *i)
+                {
+                    self.paused.remove(&from);
+                }
+                (true, Vec::new())
+            }
             (Strategy::WithholdPc, _) if self.withhold == Withhold::YesVoter => {
                 (false, yes_votes(ctx, from, msg))
             }
@@ -301,6 +357,16 @@ impl Adversary {
                         to,
                         bytes: self.recorded[i].to_vec(),
                     });
+                }
+                // Its own signed messages of an older term.
+                let older: Vec<&ReplicaMessage> = self
+                    .own_messages
+                    .range(..ctx.term)
+                    .flat_map(|(_, m)| m.iter())
+                    .collect();
+                if !older.is_empty() {
+                    let m = older[ctx.rng.random_range(0..older.len())].clone();
+                    acts.push(Act::send(Target::Replica(peer(ctx.rng)), m));
                 }
                 if self.ticks % 5 == 0 {
                     let foreign = forge::foreign_cluster_id(ctx.cluster.cluster_id());
@@ -365,12 +431,20 @@ impl Adversary {
                 }
             }
             Strategy::TermStorm => {
+                // Ever higher (a receiver keeps only a sender's highest TermChange), now by a
+                // little, now by a lot.
                 let jump = match ctx.rng.random_range(0..3u32) {
-                    0 => ctx.rng.random_range(2..100),
-                    1 => ctx.rng.random_range(100..1_000_000),
-                    _ => u64::MAX / 2,
+                    0 => ctx.rng.random_range(1..4),
+                    1 => ctx.rng.random_range(4..1_000),
+                    _ => ctx.rng.random_range(1_000..1_000_000),
                 };
-                let term = Term(self.highest_term.0.saturating_add(jump));
+                let term = Term(
+                    self.storm_term
+                        .max(self.highest_term)
+                        .0
+                        .saturating_add(jump),
+                );
+                self.storm_term = term;
                 let tc = TermChange::sign(
                     ctx.cluster.cluster_id(),
                     ctx.key,
@@ -384,12 +458,8 @@ impl Adversary {
             Strategy::RevoteBait => {
                 // The real, committed proposal again, to those who voted for the other one: a
                 // correct replica refuses (it remembers its vote), even after a restart.
-                let mut spent = Vec::new();
-                for (key, left) in self.bait.iter_mut() {
-                    if key.0 != ctx.term {
-                        spent.push(*key);
-                        continue;
-                    }
+                self.bait.retain(|key| key.0 == ctx.term);
+                for key in &self.bait {
                     if let Some(lie) = self.alternatives.get(key) {
                         for r in &lie.fooled {
                             acts.push(Act::send(
@@ -398,13 +468,6 @@ impl Adversary {
                             ));
                         }
                     }
-                    *left -= 1;
-                    if *left == 0 {
-                        spent.push(*key);
-                    }
-                }
-                for key in spent {
-                    self.bait.remove(&key);
                 }
             }
             Strategy::ForgedCertificates if !self.certificates.is_empty() => {
@@ -426,6 +489,25 @@ impl Adversary {
             _ => {}
         }
         acts
+    }
+
+    /// `replay`: keeps a few of its own signed messages per term.
+    fn keep_own(&mut self, message: &ReplicaMessage) {
+        let term = match message {
+            ReplicaMessage::PreAppend(p) => p.term,
+            ReplicaMessage::Vote(v) => v.subject.term,
+            ReplicaMessage::Heartbeat(h) => h.term,
+            ReplicaMessage::TermChange(tc) => tc.new_term,
+            ReplicaMessage::NewTerm(nt) => nt.new_term,
+            _ => return,
+        };
+        let kept = self.own_messages.entry(term).or_default();
+        if kept.len() < 8 {
+            kept.push(message.clone());
+        }
+        while self.own_messages.len() > 16 {
+            self.own_messages.pop_first();
+        }
     }
 
     fn pick_recorded(&self, rng: &mut SimRng) -> Option<Rc<[u8]>> {
@@ -459,29 +541,50 @@ impl Adversary {
                 Strategy::InvalidProposals => Some(forge::invalid_entry(&p.entry, ctx.rng)),
                 _ => forge::conflicting_entry(&p.entry),
             };
-            let Some(alternative) = alternative else {
+            let Some(mut alternative) = alternative else {
                 return vec![Act::send(to, ReplicaMessage::PreAppend(p.clone()))];
             };
-            let alternative = forge::sign_pre_append(&cluster_id, ctx.key, p.term, alternative);
-            let mut group = BTreeSet::new();
             let others: Vec<ReplicaId> =
                 ctx.cluster.replica_ids().filter(|r| *r != ctx.me).collect();
-            if self.strategy == Strategy::InvalidProposals {
-                group.extend(others);
-            } else {
-                // A random non-empty proper subset gets the alternative.
-                for r in &others {
-                    if ctx.rng.random_bool(0.5) {
-                        group.insert(*r);
+            let group: BTreeSet<ReplicaId> = match self.strategy {
+                Strategy::InvalidProposals => others.into_iter().collect(),
+                Strategy::RevoteBait => {
+                    // Fresh victims for each index, among the followers not waiting to commit
+                    // an earlier one.
+                    let free: Vec<ReplicaId> = others
+                        .into_iter()
+                        .filter(|r| !self.paused.contains_key(r))
+                        .collect();
+                    let group = random_proper_subset(&free, ctx.rng);
+                    if free.len() < 2 {
+                        return vec![Act::send(to, ReplicaMessage::PreAppend(p.clone()))];
                     }
+                    for r in &group {
+                        self.paused.insert(*r, p.entry.index);
+                    }
+                    group
                 }
-                if group.is_empty() {
-                    group.insert(others[ctx.rng.random_range(0..others.len())]);
+                _ => {
+                    // The same followers are fooled for the whole term, and their version
+                    // chains on the alternative below it: they hold a consistent, different
+                    // branch.
+                    let below = self.alternatives.get(&(p.term, Index(p.entry.index.0 - 1)));
+                    if let Some(below) = below {
+                        alternative.prev_hash =
+                            forge::hash_of(&cluster_id, &below.alternative.entry);
+                    }
+                    let group = self
+                        .fooled
+                        .entry(p.term)
+                        .or_insert_with(|| random_proper_subset(&others, ctx.rng))
+                        .clone();
+                    while self.fooled.len() > 8 {
+                        self.fooled.pop_first();
+                    }
+                    group
                 }
-                if group.len() == others.len() && others.len() > 1 {
-                    group.remove(&others[ctx.rng.random_range(0..others.len())]);
-                }
-            }
+            };
+            let alternative = forge::sign_pre_append(&cluster_id, ctx.key, p.term, alternative);
             self.alternatives.insert(
                 key,
                 Lie {
@@ -504,6 +607,9 @@ impl Adversary {
         };
         let mut acts = Vec::new();
         for r in recipients {
+            if !lie.fooled.contains(&r) && self.paused.get(&r).is_some_and(|i| *i < p.entry.index) {
+                continue; // fooled below: nothing above until it committed that index
+            }
             if lie.fooled.contains(&r) {
                 acts.push(Act::send(
                     Target::Replica(r),
@@ -599,6 +705,22 @@ impl Adversary {
             Withhold::YesVoter => Vec::new(),
         }
     }
+}
+
+/// A random non-empty proper subset of `ids` (all of a single id).
+fn random_proper_subset(ids: &[ReplicaId], rng: &mut SimRng) -> BTreeSet<ReplicaId> {
+    let mut group: BTreeSet<ReplicaId> = ids
+        .iter()
+        .copied()
+        .filter(|_| rng.random_bool(0.5))
+        .collect();
+    if group.is_empty() && !ids.is_empty() {
+        group.insert(ids[rng.random_range(0..ids.len())]);
+    }
+    if group.len() == ids.len() && ids.len() > 1 {
+        group.remove(&ids[rng.random_range(0..ids.len())]);
+    }
+    group
 }
 
 /// The certificate a message carries, if any.

@@ -39,14 +39,17 @@ pub enum Strategy {
     /// Forges certificates (duplicate signers, non-members, too few signatures, wrong phase,
     /// term, index or hash) in what it sends, and injects more.
     ForgedCertificates,
-    /// Votes twice, for conflicting subjects, in every phase.
+    /// A follower that votes twice, for conflicting subjects, in every phase, and sends two
+    /// different TermChanges for each term it seeks.
     DoubleVoting,
-    /// Replays messages from older terms, and sends messages signed for another cluster.
+    /// Replays its own signed messages from older terms and others' messages it received, and
+    /// sends messages signed for another cluster.
     Replay,
     /// Sends random bytes, truncated and bit-flipped messages, oversized frames and absurd
     /// requests to replicas, and garbage to clients.
     Garbage,
-    /// Pushes very high terms: signed TermChanges for terms far ahead.
+    /// Pushes ever higher terms: signed TermChanges for the next few terms and for terms far
+    /// ahead.
     TermStorm,
     /// As a new leader, announces a NewTerm whose chosen log or quorum is wrong.
     WrongNewTerm,
@@ -57,9 +60,9 @@ pub enum Strategy {
     /// As leader, withholds prepared certificates, sends a commit certificate to one follower
     /// only, falls silent, and from then on votes for anything any leader proposes.
     WithholdPc,
-    /// As leader, equivocates quietly (each follower always gets the same version), then sends
-    /// each committed proposal again to the followers that voted for the other version: a
-    /// replica that forgot its vote votes twice.
+    /// As leader, equivocates quietly (a follower gets the same version of an index every time
+    /// it is sent), then sends each committed proposal again to the followers that voted for
+    /// the other version: a replica that forgot its vote votes twice.
     RevoteBait,
 }
 
@@ -126,6 +129,11 @@ impl Strategy {
             | Strategy::WithholdPc
             | Strategy::RevoteBait => 0,
             Strategy::WrongNewTerm => 1 % n,
+            // A follower: the leader casts no votes to double.
+            Strategy::DoubleVoting if n > 1 => {
+                let mut rng = SimRng::seed_from_u64(seed ^ 0x0b12_a47e_5eed_0001);
+                rng.random_range(1..n)
+            }
             _ => {
                 let mut rng = SimRng::seed_from_u64(seed ^ 0x0b12_a47e_5eed_0001);
                 rng.random_range(0..n)

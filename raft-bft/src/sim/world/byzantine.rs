@@ -103,6 +103,7 @@ impl<W: Workload> Simulation<W> {
         act: impl FnOnce(&mut Adversary, &mut Ctx<'_>) -> R,
     ) -> Option<R> {
         let mut adversary = self.nodes[i].adversary.take()?;
+        let mut rng = adversary.lend_rng();
         let node = &self.nodes[i];
         let (term, is_leader) = node
             .replica
@@ -114,10 +115,11 @@ impl<W: Workload> Simulation<W> {
             me: node.id,
             term,
             is_leader,
-            rng: &mut self.rng,
+            rng: &mut rng,
             clients: self.clients.len(),
         };
         let out = act(&mut adversary, &mut ctx);
+        adversary.return_rng(rng);
         self.nodes[i].adversary = Some(adversary);
         Some(out)
     }
@@ -154,9 +156,6 @@ impl<W: Workload> Simulation<W> {
     }
 
     pub(super) fn adversary_tick(&mut self, i: usize) {
-        if !self.nodes[i].is_up() {
-            return;
-        }
         let acts = self.with_adversary(i, |a, ctx| {
             let acts = a.tick(ctx);
             (acts, a.tick_interval())

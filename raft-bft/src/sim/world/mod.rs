@@ -211,8 +211,11 @@ impl<W: Workload> Simulation<W> {
         if let Some(b) = &config.byzantine {
             // A censoring leader drops the first client's txs.
             let censored = clients.first().map(|c| c.key);
-            for node in nodes.iter_mut().filter(|n| b.replicas.contains(&n.id)) {
-                node.adversary = Some(Adversary::new(b.strategy, censored));
+            for (i, node) in nodes.iter_mut().enumerate() {
+                if b.replicas.contains(&node.id) {
+                    let seed = config.seed ^ (0xad5e_0000_0000 + i as u64);
+                    node.adversary = Some(Adversary::new(b.strategy, censored, seed));
+                }
             }
         }
         let heal_at = Time(0).after(config.heal_at);
