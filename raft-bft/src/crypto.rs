@@ -45,6 +45,8 @@ pub enum Domain {
     TermChange,
     /// An idle leader's heartbeat.
     Heartbeat,
+    /// A new leader's NewTerm.
+    NewTerm,
 }
 
 impl Domain {
@@ -61,6 +63,7 @@ impl Domain {
             Domain::StateDigest => b"raft-bft/v1/state-digest",
             Domain::TermChange => b"raft-bft/v1/term-change",
             Domain::Heartbeat => b"raft-bft/v1/heartbeat",
+            Domain::NewTerm => b"raft-bft/v1/new-term",
         }
     }
 }
@@ -80,7 +83,7 @@ pub struct Transcript {
     buf: smallvec::SmallVec<[u8; 128]>,
 }
 
-const DOMAINS: [Domain; 11] = [
+const DOMAINS: [Domain; 12] = [
     Domain::Manifest,
     Domain::Tx,
     Domain::Entry,
@@ -92,6 +95,7 @@ const DOMAINS: [Domain; 11] = [
     Domain::StateDigest,
     Domain::TermChange,
     Domain::Heartbeat,
+    Domain::NewTerm,
 ];
 
 fn domain_key(domain: Domain, cluster_id: &Digest) -> [u8; 32] {
@@ -120,6 +124,7 @@ fn slot(domain: Domain) -> usize {
         Domain::StateDigest => 8,
         Domain::TermChange => 9,
         Domain::Heartbeat => 10,
+        Domain::NewTerm => 11,
     }
 }
 

@@ -305,6 +305,46 @@ pub struct NewTerm {
     pub term_changes: Vec<TermChange>,
     /// The chosen `(index, entry hash)` list above the highest stable certificate.
     pub chosen: Vec<(Index, Digest)>,
+    /// The signature of the leader of `new_term` over all of the above. Without it, any replica
+    /// holding another quorum of TermChanges could announce a different (valid) choice for an
+    /// honest leader's term and make replicas refuse that leader's proposals.
+    pub leader_sig: Signature,
+}
+
+impl NewTerm {
+    /// Builds and signs a NewTerm (by the leader of `new_term`).
+    pub fn sign(
+        cluster_id: &Digest,
+        key: &KeyPair,
+        new_term: Term,
+        term_changes: Vec<TermChange>,
+        chosen: Vec<(Index, Digest)>,
+    ) -> NewTerm {
+        let mut nt = NewTerm {
+            new_term,
+            term_changes,
+            chosen,
+            leader_sig: Signature([0; 64]),
+        };
+        nt.leader_sig = key.sign(&nt.signing_digest(cluster_id));
+        nt
+    }
+
+    /// What the leader signs: the term, every TermChange's signed content and signer, and the
+    /// chosen list.
+    pub fn signing_digest(&self, cluster_id: &Digest) -> Digest {
+        let mut t = Transcript::new(Domain::NewTerm, cluster_id)
+            .u64(self.new_term.0)
+            .u64(self.term_changes.len() as u64);
+        for tc in &self.term_changes {
+            t = t.fixed32(&tc.signing_digest(cluster_id).0);
+        }
+        t = t.u64(self.chosen.len() as u64);
+        for (index, hash) in &self.chosen {
+            t = t.u64(index.0).fixed32(&hash.0);
+        }
+        t.finish()
+    }
 }
 
 /// An idle leader's signed sign of life, with its newest commit certificate: followers that

@@ -742,8 +742,9 @@ impl Verifier {
         Ok(())
     }
 
-    /// Verifies a NewTerm: its TermChange messages are a valid quorum and its chosen list is
-    /// exactly the one they determine. It proves itself, so it may come from any replica.
+    /// Verifies a NewTerm: its TermChange messages are a valid quorum, its chosen list is
+    /// exactly the one they determine, and the leader of its term signed it. It proves itself,
+    /// so it may come from any replica.
     pub fn verify_new_term(
         &mut self,
         nt: Arc<NewTerm>,
@@ -768,6 +769,20 @@ impl Verifier {
                 why: "the chosen log differs from the one its term changes determine",
             });
         }
+        let leader = self.cluster.leader_of(nt.new_term);
+        let key = self
+            .cluster
+            .key_of(leader)
+            .ok_or(VerifyError::NonMember(leader))?;
+        crate::crypto::verify(
+            key,
+            &nt.signing_digest(self.cluster.cluster_id()),
+            &nt.leader_sig,
+        )
+        .map_err(|source| VerifyError::Signature {
+            what: "new term (leader's signature)",
+            source,
+        })?;
         for tc in &nt.term_changes {
             self.check_term_change(tc)?;
         }

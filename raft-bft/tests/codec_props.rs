@@ -164,16 +164,20 @@ fn term_change_message() -> impl Strategy<Value = ReplicaMessage> {
         (
             term(),
             vec(term_change(), 0..3),
-            vec((index(), digest()), 0..3)
+            vec((index(), digest()), 0..3),
+            signature()
         )
-            .prop_map(|(new_term, term_changes, chosen)| ReplicaMessage::NewTerm(
-                NewTerm {
-                    new_term,
-                    term_changes,
-                    chosen
-                }
-                .into()
-            )),
+            .prop_map(|(new_term, term_changes, chosen, leader_sig)| {
+                ReplicaMessage::NewTerm(
+                    NewTerm {
+                        new_term,
+                        term_changes,
+                        chosen,
+                        leader_sig,
+                    }
+                    .into(),
+                )
+            }),
         (index(), digest()).prop_map(|(index, hash)| ReplicaMessage::FetchChosen { index, hash }),
         entry().prop_map(|e| ReplicaMessage::ChosenEntry(e.into())),
         (

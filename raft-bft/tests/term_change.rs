@@ -425,12 +425,14 @@ fn term_changes_and_new_terms_are_verified() {
         tc(3, vec![]),
     ];
     let chosen = vec![(Index(1), h1.hash(&cid)), (Index(2), h2.hash(&cid))];
-    let nt = NewTerm {
-        new_term: Term(2),
-        term_changes: changes.clone(),
-        chosen: chosen.clone(),
-    };
+    let nt = NewTerm::sign(&cid, &keys[2], Term(2), changes.clone(), chosen.clone());
     let verified = v.verify_new_term(Arc::new(nt.clone())).unwrap();
+    // Only the leader of the term may announce it, even with the same content.
+    let by_another = NewTerm::sign(&cid, &keys[1], Term(2), changes.clone(), chosen.clone());
+    assert!(matches!(
+        v.verify_new_term(Arc::new(by_another)),
+        Err(VerifyError::Signature { .. })
+    ));
     assert_eq!(verified.1.list(), chosen);
     let mut wrong = nt.clone();
     wrong.chosen.pop();
@@ -789,6 +791,9 @@ struct Material {
     bogus: TermChange,
     /// Each honest replica's committed log before the attack.
     before: BTreeMap<usize, Vec<Digest>>,
+    /// The cluster id, and the key of the (Byzantine) leader of term 2, which signs NewTerms.
+    cid: Digest,
+    leader_key: KeyPair,
 }
 
 /// Runs the history up to every honest replica seeking term 2 (leader: the Byzantine replica).
@@ -905,6 +910,8 @@ fn committed_then_byzantine_leader(params: Params) -> (Net, Material) {
         tc1,
         bogus,
         before,
+        cid: net.cid,
+        leader_key: net.keys[2].clone(),
     };
     (net, material)
 }
@@ -915,12 +922,9 @@ impl Material {
         vec![(Index(2), self.hashes[1]), (Index(3), self.hashes[2])]
     }
 
+    /// A NewTerm for term 2, signed by its (Byzantine) leader.
     fn new_term(&self, term_changes: Vec<TermChange>, chosen: Vec<(Index, Digest)>) -> NewTerm {
-        NewTerm {
-            new_term: Term(2),
-            term_changes,
-            chosen,
-        }
+        NewTerm::sign(&self.cid, &self.leader_key, Term(2), term_changes, chosen)
     }
 
     /// What `choose` makes of some TermChanges, whatever their number (for the attacks).

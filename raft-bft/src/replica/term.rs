@@ -319,11 +319,13 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
         };
-        let nt = Arc::new(NewTerm {
-            new_term: term,
-            term_changes: changes,
-            chosen: chosen.list(),
-        });
+        let nt = Arc::new(NewTerm::sign(
+            &self.cluster_id,
+            &self.key,
+            term,
+            changes,
+            chosen.list(),
+        ));
         // Entering persists the term first, so the NewTerm (queued after it) leaves only once
         // this leader's choice is durable: after a crash it cannot announce another one.
         self.enter_term(Arc::clone(&nt), chosen);

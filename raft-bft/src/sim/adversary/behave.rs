@@ -778,5 +778,12 @@ fn wrong_new_term(ctx: &mut Ctx<'_>, nt: &NewTerm) -> NewTerm {
             wrong.chosen.push((next, Digest(ctx.rng.random())));
         }
     }
-    wrong
+    // Signed by the Byzantine leader itself: only the content is wrong.
+    NewTerm::sign(
+        ctx.cluster.cluster_id(),
+        ctx.key,
+        wrong.new_term,
+        wrong.term_changes,
+        wrong.chosen,
+    )
 }
