@@ -1,0 +1,146 @@
+//! The suite every [`Store`] must pass: durability of synced batches, crash semantics (a prefix
+//! of the unsynced batches, never part of one), group commit, ordering, and the cluster check.
+//!
+//! A store under test plugs in through a [`Harness`]; `tests/conformance.rs` runs the suite on
+//! every store of this crate.
+
+use std::sync::Arc;
+
+use raft_bft::message::{Entry, Phase, VoteSubject};
+use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
+use raft_bft::types::{Digest, Index, Term};
+
+use crate::{StorageError, Store};
+
+/// How the suite makes and breaks stores of one kind.
+pub trait Harness {
+    /// The store under test.
+    type S: Store;
+    /// A fresh, empty store for `cluster_id`.
+    fn create(&mut self, cluster_id: Digest) -> Self::S;
+    /// Crashes the store (what was not synced may be lost) and opens it again for the cluster
+    /// `cluster_id`.
+    fn crash_and_reopen(
+        &mut self,
+        store: Self::S,
+        cluster_id: Digest,
+    ) -> Result<Self::S, StorageError>;
+}
+
+const CLUSTER: Digest = Digest([0xc1; 32]);
+
+/// A varied batch: entries, votes, a term change, and now and then a truncation.
+pub fn sample_batch(id: u64) -> PersistBatch {
+    let index = Index(id);
+    let term = Term(id / 4);
+    let entry = Arc::new(Entry {
+        term,
+        index,
+        prev_hash: Digest([id as u8; 32]),
+        txs: Vec::new(),
+    });
+    let mut ops = vec![
+        PersistOp::Entry(entry),
+        PersistOp::Vote(VoteSubject {
+            phase: Phase::PreAppend,
+            term,
+            index,
+            entry_hash: Digest([(id * 7) as u8; 32]),
+            state_digest: None,
+        }),
+    ];
+    if id % 4 == 0 {
+        ops.push(PersistOp::SeekTerm(Term(id / 4 + 1)));
+    }
+    if id % 5 == 0 && id > 1 {
+        ops.push(PersistOp::TruncateFrom(Index(id)));
+    }
+    PersistBatch { id, ops }
+}
+
+fn reference(batches: &[PersistBatch]) -> DurableState {
+    let mut state = DurableState::default();
+    for b in batches {
+        state.apply_batch(b.clone());
+    }
+    state
+}
+
+/// Runs every check of the suite.
+pub fn run_all<H: Harness>(h: &mut H) {
+    synced_batches_survive_a_crash(h);
+    a_crash_keeps_a_prefix_of_the_unsynced_batches(h);
+    one_sync_covers_every_batch_handed_over(h);
+    batch_ids_must_increase(h);
+    a_store_of_another_cluster_is_refused(h);
+}
+
+/// Everything synced is there after a crash, exactly as `DurableState::apply` defines it.
+pub fn synced_batches_survive_a_crash<H: Harness>(h: &mut H) {
+    let mut store = h.create(CLUSTER);
+    assert_eq!(store.cluster_id(), CLUSTER);
+    let batches: Vec<PersistBatch> = (1..=20).map(sample_batch).collect();
+    for b in &batches {
+        store.append(b).expect("append");
+        assert_eq!(store.sync().expect("sync"), Some(b.id));
+    }
+    assert_eq!(store.load().expect("load"), reference(&batches));
+    let store = h.crash_and_reopen(store, CLUSTER).expect("reopen");
+    assert_eq!(store.load().expect("load after crash"), reference(&batches));
+}
+
+/// After a crash, the unsynced batches are gone or kept as a prefix, never partly applied.
+pub fn a_crash_keeps_a_prefix_of_the_unsynced_batches<H: Harness>(h: &mut H) {
+    let mut store = h.create(CLUSTER);
+    let batches: Vec<PersistBatch> = (1..=12).map(sample_batch).collect();
+    for b in &batches[..6] {
+        store.append(b).expect("append");
+    }
+    store.sync().expect("sync");
+    for b in &batches[6..] {
+        store.append(b).expect("append");
+    }
+    let store = h.crash_and_reopen(store, CLUSTER).expect("reopen");
+    let loaded = store.load().expect("load");
+    let prefix = (6..=batches.len()).find(|&k| reference(&batches[..k]) == loaded);
+    assert!(
+        prefix.is_some(),
+        "after a crash the store holds something other than the synced batches plus a prefix \
+         of the unsynced ones"
+    );
+}
+
+/// Many batches handed over, one sync: all durable, and the sync names the last.
+pub fn one_sync_covers_every_batch_handed_over<H: Harness>(h: &mut H) {
+    let mut store = h.create(CLUSTER);
+    assert_eq!(store.sync().expect("sync of nothing"), None);
+    let batches: Vec<PersistBatch> = (1..=50).map(sample_batch).collect();
+    for b in &batches {
+        store.append(b).expect("append");
+    }
+    assert_eq!(store.sync().expect("sync"), Some(50));
+    let store = h.crash_and_reopen(store, CLUSTER).expect("reopen");
+    assert_eq!(store.load().expect("load"), reference(&batches));
+}
+
+/// A batch id at or below the last one is refused (the replica's ids only grow).
+pub fn batch_ids_must_increase<H: Harness>(h: &mut H) {
+    let mut store = h.create(CLUSTER);
+    store.append(&sample_batch(5)).expect("append");
+    assert!(matches!(
+        store.append(&sample_batch(5)),
+        Err(StorageError::OutOfOrder { last: 5, got: 5 })
+    ));
+}
+
+/// A store opened with another manifest's cluster id refuses to start.
+pub fn a_store_of_another_cluster_is_refused<H: Harness>(h: &mut H) {
+    let mut store = h.create(CLUSTER);
+    store.append(&sample_batch(1)).expect("append");
+    store.sync().expect("sync");
+    let other = Digest([0xc2; 32]);
+    assert!(matches!(
+        h.crash_and_reopen(store, other),
+        Err(StorageError::WrongCluster { .. })
+    ));
+}

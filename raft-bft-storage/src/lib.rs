@@ -1,0 +1,61 @@
+//! Durable storage for raft-bft replicas.
+//!
+//! A replica never writes anything itself: it hands its caller a
+//! [`PersistBatch`](raft_bft::persist::PersistBatch) and holds back every message that depends
+//! on it until the caller confirms the batch durable. A [`Store`] is what the caller hands the
+//! batches to. It takes any number of them ([`Store::append`]) and makes all of them durable at
+//! once ([`Store::sync`], group commit). On start, [`Store::load`] gives back exactly what was
+//! synced, as a [`DurableState`](raft_bft::persist::DurableState) for
+//! [`Replica::new`](raft_bft::replica::Replica::new).
+//!
+//! [`MemStore`] keeps everything in memory (for tests and simulations) and can lose what was
+//! not synced, as a crash would. [`conformance`] is the suite every store must pass.
+//!
+//! ```
+//! use raft_bft::persist::{PersistBatch, PersistOp};
+//! use raft_bft::types::{Digest, Term};
+//! use raft_bft_storage::{MemStore, Store};
+//!
+//! let mut store = MemStore::new(Digest([1; 32]));
+//! store.append(&PersistBatch { id: 1, ops: vec![PersistOp::SeekTerm(Term(1))] })?;
+//! assert_eq!(store.sync()?, Some(1)); // batch 1 is durable: release what waited for it
+//! let state = store.load()?;
+//! assert_eq!(state.term, Term(1));
+//! # Ok::<(), raft_bft_storage::StorageError>(())
+//! ```
+
+pub mod conformance;
+mod error;
+mod mem;
+
+pub use error::StorageError;
+pub use mem::MemStore;
+
+use raft_bft::persist::{DurableState, PersistBatch};
+use raft_bft::types::Digest;
+
+/// The storage contract that the replica's persist-before-speak API needs.
+///
+/// Batches are applied in the order they are appended, with the semantics of
+/// [`DurableState::apply`]. A batch counts as durable only once a [`Store::sync`] that followed
+/// its `append` returned `Ok`: after a crash, a store holds every synced batch and, of the
+/// batches appended after the last successful sync, at most a prefix (never a part of one
+/// batch, never a later batch without an earlier one).
+///
+/// An error from `append` or `sync` is final for the store instance: it refuses everything
+/// after it (the replica must stop; it may not retry a sync and then acknowledge, because the
+/// failed write may be lost).
+pub trait Store {
+    /// The cluster this store belongs to (checked when the store is opened).
+    fn cluster_id(&self) -> Digest;
+
+    /// Hands a batch over. It is not durable yet.
+    fn append(&mut self, batch: &PersistBatch) -> Result<(), StorageError>;
+
+    /// Makes every batch handed over so far durable, with one sync. Returns the id of the last
+    /// batch now durable (`None` if none was ever appended).
+    fn sync(&mut self) -> Result<Option<u64>, StorageError>;
+
+    /// Everything made durable so far.
+    fn load(&self) -> Result<DurableState, StorageError>;
+}
