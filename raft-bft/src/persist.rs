@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::message::{Certificate, Entry, NewTerm, Phase, VoteSubject};
 use crate::types::{Index, Term};
 
-/// One thing to make durable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One thing to make durable (stores encode it with [`crate::codec`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PersistOp {
     /// Store the entry at `entry.index` (the log's tip + 1, after any truncation).
     Entry(Arc<Entry>),
@@ -30,7 +32,7 @@ pub enum PersistOp {
 }
 
 /// A group of operations to make durable together (one sync).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistBatch {
     /// Confirm with [`crate::replica::Replica::on_persisted`] once every op is durable.
     pub id: u64,
@@ -104,5 +106,39 @@ impl DurableState {
         for op in batch.ops {
             self.apply(op);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::VoteSubject;
+    use crate::types::Digest;
+
+    #[test]
+    fn persist_batches_round_trip_through_the_codec() {
+        let batch = PersistBatch {
+            id: 9,
+            ops: vec![
+                PersistOp::Entry(Arc::new(Entry {
+                    term: Term(1),
+                    index: Index(3),
+                    prev_hash: Digest([4; 32]),
+                    txs: Vec::new(),
+                })),
+                PersistOp::Vote(VoteSubject {
+                    phase: Phase::Commit,
+                    term: Term(1),
+                    index: Index(3),
+                    entry_hash: Digest([5; 32]),
+                    state_digest: Some(Digest([6; 32])),
+                }),
+                PersistOp::TruncateFrom(Index(2)),
+                PersistOp::SeekTerm(Term(2)),
+            ],
+        };
+        let bytes = crate::codec::encode(&batch).unwrap();
+        let back: PersistBatch = crate::codec::decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(back, batch);
     }
 }
