@@ -26,6 +26,8 @@
 
 pub mod conformance;
 mod error;
+#[allow(dead_code)] // used by the file store, which comes next
+mod frame;
 mod mem;
 
 pub use error::StorageError;
