@@ -449,44 +449,28 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Manifest;
     use crate::merkle::MerkleTree;
     use crate::message::{reply_batch_digest, reply_leaf};
     use crate::types::{Digest, Index};
 
     const SEC: u64 = 1_000_000;
 
-    struct Net {
-        cluster: Arc<Cluster>,
-        keys: Vec<KeyPair>,
-    }
+    use crate::testing::TestCluster as Net;
 
     fn net(n: usize) -> Net {
         net_named(n, "client-test")
     }
 
     fn net_named(n: usize, name: &str) -> Net {
-        let keys: Vec<KeyPair> = (0..n)
-            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-            .collect();
-        let manifest = Manifest::new(
-            name,
-            keys.iter()
-                .enumerate()
-                .map(|(i, k)| (k.public(), format!("127.0.0.1:{}", 7000 + i))),
-            Params::default(),
-        );
-        Net {
-            cluster: Arc::new(Cluster::new(manifest).unwrap()),
-            keys,
-        }
+        Net::new(name, n, Params::default())
     }
 
+    // Test helpers on the shared test cluster (an inherent impl: same crate).
     impl Net {
         fn client(&self, seed: u8) -> Client {
             Client::new(
                 Arc::clone(&self.cluster),
-                KeyPair::from_seed([100 + seed; 32]),
+                crate::testing::client_key(seed),
                 ClientConfig::default(),
             )
             .unwrap()

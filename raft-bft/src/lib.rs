@@ -90,5 +90,7 @@ pub mod replica;
 #[cfg(feature = "simulator")]
 pub mod sim;
 pub mod state_machine;
+#[cfg(any(test, feature = "simulator"))]
+pub mod testing;
 pub mod types;
 pub mod verify;

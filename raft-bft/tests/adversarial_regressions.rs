@@ -12,7 +12,7 @@ use std::sync::Arc;
 use raft_bft::codec;
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
-use raft_bft::manifest::{Cluster, Manifest};
+use raft_bft::manifest::Cluster;
 use raft_bft::message::{
     entry_hash, pre_append_digest, Certificate, Entry, Outcome, Phase, PreAppend, Rejection,
     ReplicaMessage, SignedTx, Vote, VoteSubject,
@@ -20,6 +20,7 @@ use raft_bft::message::{
 use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
 use raft_bft::replica::{Ready, Replica, Target};
 use raft_bft::state_machine::StateMachine;
+use raft_bft::testing::{client_key, TestCluster};
 use raft_bft::types::{ClientId, Digest, Index, ReplicaId, Term, Time};
 use raft_bft::verify::{CheckedTx, Verified, VerifiedMessage, Verifier};
 
@@ -93,15 +94,7 @@ struct Fixture {
 
 impl Fixture {
     fn new(params: Params) -> Self {
-        let keys: Vec<KeyPair> = (0..4)
-            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-            .collect();
-        let manifest = Manifest::new(
-            "review-findings",
-            keys.iter().map(|k| (k.public(), String::new())),
-            params,
-        );
-        let cluster = Arc::new(Cluster::new(manifest).unwrap());
+        let TestCluster { cluster, keys } = TestCluster::new("review-findings", 4, params);
         let verifier = Verifier::new(cluster.clone(), [7; 32]);
         Fixture {
             cluster,
@@ -127,8 +120,7 @@ impl Fixture {
     }
 
     fn signed(&self, client: u8, ts: u64, op: &[u8]) -> SignedTx {
-        let key = KeyPair::from_seed([100 + client; 32]);
-        SignedTx::sign(&self.cid(), &key, ts, op.to_vec())
+        SignedTx::sign(&self.cid(), &client_key(client), ts, op.to_vec())
     }
 
     fn tx(&mut self, client: u8, ts: u64, op: &[u8]) -> Verified<CheckedTx> {

@@ -13,8 +13,9 @@ use proptest::prelude::*;
 use proptest::sample::Index as Pick;
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
-use raft_bft::manifest::{Cluster, Manifest};
+use raft_bft::manifest::Cluster;
 use raft_bft::message::{Certificate, Phase, Vote, VoteSubject};
+use raft_bft::testing::TestCluster;
 use raft_bft::types::{Digest, Index, ReplicaId, Signature, Term};
 use raft_bft::verify::{CertificateError, Verifier};
 
@@ -24,20 +25,8 @@ struct Fixture {
 }
 
 fn build(n: usize, name: &str) -> Fixture {
-    let keys: Vec<KeyPair> = (0..n)
-        .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-        .collect();
-    let manifest = Manifest::new(
-        name,
-        keys.iter()
-            .enumerate()
-            .map(|(i, k)| (k.public(), format!("10.0.0.{i}:7000"))),
-        Params::default(),
-    );
-    Fixture {
-        cluster: Arc::new(Cluster::new(manifest).unwrap()),
-        keys,
-    }
+    let TestCluster { cluster, keys } = TestCluster::new(name, n, Params::default());
+    Fixture { cluster, keys }
 }
 
 fn fixture(n: usize) -> &'static Fixture {

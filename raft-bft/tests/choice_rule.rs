@@ -17,16 +17,15 @@
 //! commit two different entries at one index.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use proptest::prelude::*;
 use raft_bft::choice::{choose, ChosenLog};
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
-use raft_bft::manifest::{Cluster, Manifest};
 use raft_bft::message::{
     Certificate, EntryHeader, Phase, PreparedEntry, TermChange, Vote, VoteSubject,
 };
+use raft_bft::testing::TestCluster;
 use raft_bft::types::{Digest, Index, ReplicaId, Term};
 use raft_bft::verify::Verifier;
 
@@ -169,15 +168,7 @@ struct Stats {
 
 impl World {
     fn new(n: usize, byzantine: Vec<usize>, rolls: Vec<u32>) -> World {
-        let keys: Vec<KeyPair> = (0..n)
-            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-            .collect();
-        let manifest = Manifest::new(
-            "choice-rule",
-            keys.iter().map(|k| (k.public(), String::new())),
-            Params::default(),
-        );
-        let cluster = Arc::new(Cluster::new(manifest).unwrap());
+        let TestCluster { cluster, keys } = TestCluster::new("choice-rule", n, Params::default());
         let cid = *cluster.cluster_id();
         let q = cluster.quorum();
         let honest = Honest {

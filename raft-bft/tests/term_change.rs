@@ -9,7 +9,7 @@ use raft_bft::choice::{choose, ChoiceError};
 use raft_bft::codec;
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
-use raft_bft::manifest::{Cluster, Manifest};
+use raft_bft::manifest::Cluster;
 use raft_bft::merkle;
 use raft_bft::message::{
     pre_append_digest, Certificate, Entry, EntryHeader, NewTerm, Phase, PreAppend, PreparedEntry,
@@ -18,19 +18,13 @@ use raft_bft::message::{
 use raft_bft::persist::{DurableState, PersistBatch};
 use raft_bft::replica::{Replica, Target};
 use raft_bft::state_machine::StateMachine;
+use raft_bft::testing::TestCluster;
 use raft_bft::types::{ClientId, Digest, Index, ReplicaId, Signature, Term, Time};
 use raft_bft::verify::{Verified, VerifiedMessage, Verifier, VerifyError};
 
 fn cluster(n: usize) -> (Arc<Cluster>, Vec<KeyPair>) {
-    let keys: Vec<KeyPair> = (0..n)
-        .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-        .collect();
-    let manifest = Manifest::new(
-        "term-change",
-        keys.iter().map(|k| (k.public(), String::new())),
-        Params::default(),
-    );
-    (Arc::new(Cluster::new(manifest).unwrap()), keys)
+    let t = TestCluster::new("term-change", n, Params::default());
+    (t.cluster, t.keys)
 }
 
 fn header(index: u64, term: u64, prev: Digest, salt: u8) -> EntryHeader {
@@ -507,15 +501,7 @@ struct Net {
 
 impl Net {
     fn new(params: Params) -> Net {
-        let keys: Vec<KeyPair> = (0..4)
-            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-            .collect();
-        let manifest = Manifest::new(
-            "term-change",
-            keys.iter().map(|k| (k.public(), String::new())),
-            params,
-        );
-        let cluster = Arc::new(Cluster::new(manifest).unwrap());
+        let TestCluster { cluster, keys } = TestCluster::new("term-change", 4, params);
         let cid = *cluster.cluster_id();
         let replicas = (0..4)
             .map(|i| {

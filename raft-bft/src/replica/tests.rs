@@ -5,7 +5,6 @@ use std::sync::Arc;
 use super::*;
 use crate::config::Params;
 use crate::crypto::KeyPair;
-use crate::manifest::Manifest;
 use crate::message::{pre_append_digest, Heartbeat, PreAppend, Reply, SignedTx};
 use crate::persist::PersistBatch;
 use crate::types::ClientId;
@@ -39,19 +38,8 @@ struct Fixture {
 
 impl Fixture {
     fn new(n: usize) -> Self {
-        let keys: Vec<KeyPair> = (0..n)
-            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-            .collect();
-        let params = Params {
-            max_batch_delay: std::time::Duration::from_millis(2),
-            ..Params::default()
-        };
-        let manifest = Manifest::new(
-            "replica-tests",
-            keys.iter().map(|k| (k.public(), String::new())),
-            params,
-        );
-        let cluster = Arc::new(Cluster::new(manifest).unwrap());
+        let crate::testing::TestCluster { cluster, keys } =
+            crate::testing::TestCluster::new("replica-tests", n, Params::default());
         let verifier = Verifier::new(cluster.clone(), [7; 32]);
         Fixture {
             cluster,
@@ -77,8 +65,12 @@ impl Fixture {
     }
 
     fn signed(&self, client: u8, ts: u64, op: &[u8]) -> SignedTx {
-        let key = KeyPair::from_seed([100 + client; 32]);
-        SignedTx::sign(&self.cid(), &key, ts, op.to_vec())
+        SignedTx::sign(
+            &self.cid(),
+            &crate::testing::client_key(client),
+            ts,
+            op.to_vec(),
+        )
     }
 
     fn tx(&mut self, client: u8, ts: u64, op: &[u8]) -> Verified<CheckedTx> {

@@ -138,18 +138,7 @@ impl<W: Workload> Simulation<W> {
                     }
                 }
                 Act::RawToClient { client, bytes } => {
-                    let bytes: Bytes = bytes.into();
-                    self.transmit(
-                        Endpoint::Replica(from),
-                        Endpoint::Client,
-                        &bytes,
-                        Duration::ZERO,
-                        |bytes, _| Event::Reply {
-                            client,
-                            from,
-                            bytes,
-                        },
-                    );
+                    self.send_bytes_to_client(from, client, &bytes.into());
                 }
             }
         }

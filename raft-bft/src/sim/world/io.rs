@@ -393,10 +393,15 @@ impl<W: Workload> Simulation<W> {
                 return;
             }
         };
+        self.send_bytes_to_client(from, client, &bytes);
+    }
+
+    /// Puts bytes on the wire from node `from` to client `client`.
+    pub(super) fn send_bytes_to_client(&mut self, from: usize, client: usize, bytes: &Bytes) {
         self.transmit(
             Endpoint::Replica(from),
             Endpoint::Client,
-            &bytes,
+            bytes,
             Duration::ZERO,
             |bytes, _| Event::Reply {
                 client,
