@@ -56,3 +56,31 @@ impl TestCluster {
 pub fn client_key(i: u8) -> KeyPair {
     KeyPair::from_seed([100u8.wrapping_add(i); 32])
 }
+
+/// A state machine for tests: it records every op, answers with the count so far, refuses the
+/// op `b"forbidden"`, and digests the whole sequence of ops.
+#[derive(Clone, Debug, Default)]
+pub struct Recorder(pub Vec<Vec<u8>>);
+
+impl crate::state_machine::StateMachine for Recorder {
+    fn admit(&self, _client: &crate::types::ClientId, op: &[u8]) -> Result<(), String> {
+        if op == b"forbidden" {
+            return Err("forbidden op".into());
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, _client: &crate::types::ClientId, op: &[u8]) -> Vec<u8> {
+        self.0.push(op.to_vec());
+        (self.0.len() as u64).to_le_bytes().to_vec()
+    }
+
+    fn digest(&self) -> Digest {
+        let mut hasher = blake3::Hasher::new();
+        for op in &self.0 {
+            hasher.update(&(op.len() as u64).to_le_bytes());
+            hasher.update(op);
+        }
+        Digest(*hasher.finalize().as_bytes())
+    }
+}

@@ -19,9 +19,9 @@ use raft_bft::message::{
 };
 use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
 use raft_bft::replica::{Ready, Replica, Target};
-use raft_bft::state_machine::StateMachine;
+use raft_bft::testing::Recorder;
 use raft_bft::testing::{client_key, TestCluster};
-use raft_bft::types::{ClientId, Digest, Index, ReplicaId, Term, Time};
+use raft_bft::types::{Digest, Index, ReplicaId, Term, Time};
 use raft_bft::verify::{CheckedTx, Verified, VerifiedMessage, Verifier};
 
 // ----- a per-thread heap counter (tests run on their own threads) -----
@@ -72,19 +72,6 @@ fn live_bytes() -> isize {
 }
 
 // ----- fixture -----
-
-#[derive(Default)]
-struct Recorder(Vec<Vec<u8>>);
-
-impl StateMachine for Recorder {
-    fn apply(&mut self, _client: &ClientId, op: &[u8]) -> Vec<u8> {
-        self.0.push(op.to_vec());
-        (self.0.len() as u64).to_le_bytes().to_vec()
-    }
-    fn digest(&self) -> Digest {
-        Digest(*blake3::hash(&(self.0.len() as u64).to_le_bytes()).as_bytes())
-    }
-}
 
 struct Fixture {
     cluster: Arc<Cluster>,

@@ -17,9 +17,9 @@ use raft_bft::message::{
 };
 use raft_bft::persist::{DurableState, PersistBatch};
 use raft_bft::replica::{Replica, Target};
-use raft_bft::state_machine::StateMachine;
+use raft_bft::testing::Recorder;
 use raft_bft::testing::TestCluster;
-use raft_bft::types::{ClientId, Digest, Index, ReplicaId, Signature, Term, Time};
+use raft_bft::types::{Digest, Index, ReplicaId, Signature, Term, Time};
 use raft_bft::verify::{Verified, VerifiedMessage, Verifier, VerifyError};
 
 fn cluster(n: usize) -> (Arc<Cluster>, Vec<KeyPair>) {
@@ -452,24 +452,6 @@ fn term_changes_and_new_terms_are_verified() {
 // seeks term 2, whose leader, replica 2, is Byzantine: the test speaks for it. Each attack is a
 // NewTerm that would drop or replace committed entries; each control is the same scenario with
 // an honest NewTerm from the same material, which the replicas accept.
-
-#[derive(Default)]
-struct Recorder(Vec<Vec<u8>>);
-
-impl StateMachine for Recorder {
-    fn apply(&mut self, _client: &ClientId, op: &[u8]) -> Vec<u8> {
-        self.0.push(op.to_vec());
-        (self.0.len() as u64).to_le_bytes().to_vec()
-    }
-    fn digest(&self) -> Digest {
-        let mut bytes = Vec::new();
-        for op in &self.0 {
-            bytes.extend_from_slice(&(op.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(op);
-        }
-        Digest(*blake3::hash(&bytes).as_bytes())
-    }
-}
 
 /// A step of simulated time: a fifth of a heartbeat interval.
 const STEP_US: u64 = 10_000;

@@ -7,29 +7,10 @@ use crate::config::Params;
 use crate::crypto::KeyPair;
 use crate::message::{pre_append_digest, Heartbeat, PreAppend, Reply, SignedTx};
 use crate::persist::PersistBatch;
-use crate::types::ClientId;
+use crate::testing::Recorder;
 use crate::verify::Verifier;
 
 /// Appends each op to a list; the result is the list's length after the op.
-#[derive(Default)]
-struct Recorder(Vec<Vec<u8>>);
-
-impl StateMachine for Recorder {
-    fn admit(&self, _client: &ClientId, op: &[u8]) -> Result<(), String> {
-        if op == b"forbidden" {
-            return Err("forbidden op".into());
-        }
-        Ok(())
-    }
-    fn apply(&mut self, _client: &ClientId, op: &[u8]) -> Vec<u8> {
-        self.0.push(op.to_vec());
-        (self.0.len() as u64).to_le_bytes().to_vec()
-    }
-    fn digest(&self) -> Digest {
-        Digest(*blake3::hash(&(self.0.len() as u64).to_le_bytes()).as_bytes())
-    }
-}
-
 struct Fixture {
     cluster: Arc<Cluster>,
     keys: Vec<KeyPair>,
