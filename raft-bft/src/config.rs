@@ -91,9 +91,21 @@ impl Params {
         if self.max_pending_bytes < self.max_batch_bytes {
             return Err("max_pending_bytes must hold at least one full batch".into());
         }
-        if self.checkpoint_interval == 0 {
-            return Err("checkpoint_interval must be at least 1".into());
+        if self.checkpoint_interval == 0 || self.checkpoint_interval > 1 << 20 {
+            return Err("checkpoint_interval must be in 1..=2^20".into());
+        }
+        if self.pipeline_depth > 1 << 16 {
+            return Err("pipeline_depth must be at most 2^16".into());
         }
         Ok(())
+    }
+
+    /// The most entries a replica holds above its stable execution certificate, and so the most
+    /// prepared entries a TermChange reports. A replica refuses proposals beyond it (a leader
+    /// that withholds execution certificates stalls and is replaced): everything a correct
+    /// replica holds prepared must fit in its TermChange, or a committed entry could be left
+    /// out of a new term's choice.
+    pub fn max_prepared_per_term_change(&self) -> u64 {
+        2 * self.checkpoint_interval + 4 * u64::from(self.pipeline_depth)
     }
 }

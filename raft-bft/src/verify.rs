@@ -664,8 +664,7 @@ impl Verifier {
     /// The most prepared entries a TermChange may report: everything a replica can hold above
     /// its stable checkpoint.
     pub fn max_prepared_per_term_change(&self) -> usize {
-        let p = self.cluster.params();
-        (2 * p.checkpoint_interval + 4 * u64::from(p.pipeline_depth)) as usize
+        self.cluster.params().max_prepared_per_term_change() as usize
     }
 
     /// Verifies a TermChange sent by `from` itself.

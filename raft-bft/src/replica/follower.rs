@@ -129,6 +129,12 @@ impl<S: StateMachine> Replica<S> {
             self.refuse("pre-append holds a stale or repeated tx");
             return false;
         }
+        if !self.within_report_limit(index) {
+            self.refuse(
+                "pre-append beyond what a TermChange can report above the stable certificate",
+            );
+            return false;
+        }
         if self
             .votes
             .get(&(Phase::PreAppend, term, index))
@@ -173,6 +179,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// After entries were appended: apply buffered proposals and certificates that now fit.
     fn after_log_grew(&mut self) {
+        self.refresh_stable();
         let tip = self.log.tip();
         // Certificates for entries that just arrived.
         let ready: Vec<_> = self

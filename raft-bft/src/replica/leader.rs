@@ -186,6 +186,9 @@ impl<S: StateMachine> Replica<S> {
             if self.log.tip() < self.terms.chosen_end() {
                 return; // the chosen log is still being proposed again
             }
+            if !self.within_report_limit(self.log.tip().next()) {
+                return; // until an execution certificate moves the stable base up
+            }
             let Some(leader) = self.leader.as_mut() else {
                 return;
             };

@@ -124,6 +124,9 @@ pub struct Replica<S> {
     evidence: Vec<crate::message::EquivocationProof>,
     /// The newest execution certificate seen.
     latest_ec: Option<Certificate>,
+    /// The newest execution certificate whose entry this replica holds: the base of its
+    /// TermChange, and of how far ahead it accepts proposals.
+    stable_ec: Option<Certificate>,
     diverged: Option<Divergence>,
     outbox: Outbox,
     metrics: Metrics,
@@ -159,6 +162,7 @@ impl<S: StateMachine> Replica<S> {
             terms: term::TermState::new(now, cluster.params().term_change_timeout),
             evidence: Vec::new(),
             latest_ec: None,
+            stable_ec: None,
             diverged: None,
             outbox: Outbox::new(),
             metrics: Metrics::default(),
@@ -463,6 +467,34 @@ impl<S: StateMachine> Replica<S> {
         {
             self.latest_ec = Some(ec);
         }
+        self.refresh_stable();
+    }
+
+    /// Promotes the newest execution certificate to the stable one once this replica holds its
+    /// entry.
+    fn refresh_stable(&mut self) {
+        let Some(ec) = &self.latest_ec else { return };
+        let newer = self
+            .stable_ec
+            .as_ref()
+            .is_none_or(|s| s.subject.index < ec.subject.index);
+        if newer && self.log.hash_at(ec.subject.index) == Some(ec.subject.entry_hash) {
+            self.stable_ec = Some(ec.clone());
+        }
+    }
+
+    /// The index of the stable execution certificate (0: genesis).
+    fn stable_index(&self) -> Index {
+        self.stable_ec
+            .as_ref()
+            .map_or(Index(0), |ec| ec.subject.index)
+    }
+
+    /// True if this replica may hold an entry at `index`: within what its TermChange can
+    /// report above its stable certificate.
+    fn within_report_limit(&self, index: Index) -> bool {
+        let limit = self.cluster.params().max_prepared_per_term_change();
+        index.0 <= self.stable_index().0.saturating_add(limit)
     }
 
     /// Compares this replica's digest with the newest execution certificate it can check.

@@ -218,13 +218,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn own_term_change(&self, term: Term) -> TermChange {
-        let stable = self
-            .latest_ec
-            .clone()
-            .filter(|ec| self.log.hash_at(ec.subject.index) == Some(ec.subject.entry_hash));
+        let stable = self.stable_ec.clone();
         let above = stable.as_ref().map_or(0, |ec| ec.subject.index.0);
-        let limit = (2 * self.cluster.params().checkpoint_interval
-            + 4 * u64::from(self.cluster.params().pipeline_depth)) as usize;
+        let limit = self.cluster.params().max_prepared_per_term_change() as usize;
         let prepared: Vec<PreparedEntry> = (above + 1..=self.log.tip().0)
             .filter_map(|i| {
                 let slot = self.log.get(Index(i))?;

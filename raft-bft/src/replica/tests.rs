@@ -19,8 +19,12 @@ struct Fixture {
 
 impl Fixture {
     fn new(n: usize) -> Self {
+        Self::with_params(n, Params::default())
+    }
+
+    fn with_params(n: usize, params: Params) -> Self {
         let crate::testing::TestCluster { cluster, keys } =
-            crate::testing::TestCluster::new("replica-tests", n, Params::default());
+            crate::testing::TestCluster::new("replica-tests", n, params);
         let verifier = Verifier::new(cluster.clone(), [7; 32]);
         Fixture {
             cluster,
@@ -797,4 +801,88 @@ fn a_leader_that_breaks_its_own_chain_is_left_at_once() {
     r.on_message(Time(2), ReplicaId(0), m);
     assert!(r.is_changing_term(), "the leader broke its chain");
     assert_eq!(r.term(), Term(1));
+}
+
+/// Regression (found in review): a TermChange reports at most `max_prepared_per_term_change`
+/// entries above the stable certificate. A Byzantine leader that withheld execution
+/// certificates could make correct replicas hold (and commit) more, and the report then left a
+/// committed entry out of the next term's choice. Replicas now hold no entry beyond that limit.
+#[test]
+fn no_entry_is_held_beyond_what_a_term_change_can_report() {
+    let params = Params {
+        checkpoint_interval: 1,
+        pipeline_depth: 1,
+        ..Params::default()
+    };
+    let limit = params.max_prepared_per_term_change(); // 6
+    let mut fx = Fixture::with_params(4, params);
+    let mut r = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    let mut prev = fx.cid();
+    let mut proposals = Vec::new();
+    for i in 1..=limit + 1 {
+        let p = fx.pre_append(Term(0), i, prev, vec![fx.signed(1, i, b"op")]);
+        let ids: Vec<Digest> = p.entry.txs.iter().map(|t| t.id(&fx.cid())).collect();
+        let hash = crate::message::entry_hash(&fx.cid(), Term(0), Index(i), &prev, &ids);
+        let pc = fx.certificate(subject(Phase::PreAppend, i, hash, None), &[0, 1, 2]);
+        for m in [
+            ReplicaMessage::PreAppend(p.clone()),
+            ReplicaMessage::Append(pc),
+        ] {
+            let m = fx.wire(0, &m);
+            r.on_message(Time(1), ReplicaId(0), m);
+            let ready = r.ready();
+            persist_all(&mut r, &ready, &mut disk);
+        }
+        proposals.push((p, hash));
+        prev = hash;
+    }
+    assert_eq!(
+        r.last_index(),
+        Index(limit),
+        "the entry beyond the limit was refused"
+    );
+    assert_eq!(
+        r.metrics()
+            .refused
+            .get("pre-append beyond what a TermChange can report above the stable certificate"),
+        Some(&1)
+    );
+    // An execution certificate for entry 1 moves the base: the proposal is taken now.
+    let (_, hash1) = proposals[0];
+    let ec = fx.certificate(
+        subject(Phase::Commit, 1, hash1, Some(Digest([3; 32]))),
+        &[0, 2, 3],
+    );
+    let m = fx.wire(0, &ReplicaMessage::Executed(ec));
+    r.on_message(Time(2), ReplicaId(0), m);
+    let m = fx.wire(
+        0,
+        &ReplicaMessage::PreAppend(proposals[limit as usize].0.clone()),
+    );
+    r.on_message(Time(2), ReplicaId(0), m);
+    let ready = r.ready();
+    persist_all(&mut r, &ready, &mut disk);
+    assert_eq!(r.last_index(), Index(limit + 1));
+    // Its TermChange reports every prepared entry it holds above the stable certificate.
+    r.on_invalid_message(Time(3), ReplicaId(0));
+    let ready = r.ready();
+    persist_all(&mut r, &ready, &mut disk);
+    let tc = r
+        .ready()
+        .messages
+        .into_iter()
+        .find_map(|m| match m.message {
+            ReplicaMessage::TermChange(tc) => Some(tc),
+            _ => None,
+        })
+        .expect("a TermChange");
+    assert_eq!(tc.stable.map(|ec| ec.subject.index), Some(Index(1)));
+    let reported: Vec<u64> = tc
+        .prepared
+        .iter()
+        .map(|p| p.certificate.subject.index.0)
+        .collect();
+    // (Entry 7's prepared certificate arrived while it was refused, and was kept for it.)
+    assert_eq!(reported, (2..=limit + 1).collect::<Vec<_>>());
 }
