@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use raft_bft::message::{Entry, Phase, VoteSubject};
+use raft_bft::message::{Certificate, Entry, NewTerm, Phase, VoteSubject};
 use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
-use raft_bft::types::{Digest, Index, Term};
+use raft_bft::types::{Digest, Index, ReplicaId, Signature, Term};
 
 use crate::{StorageError, Store};
 
@@ -18,12 +18,14 @@ pub trait Harness {
     type S: Store;
     /// A fresh, empty store for `cluster_id`.
     fn create(&mut self, cluster_id: Digest) -> Self::S;
-    /// Crashes the store (what was not synced may be lost) and opens it again for the cluster
-    /// `cluster_id`.
+    /// Crashes the store and opens it again for the cluster `cluster_id`. Of the batches not
+    /// synced, the crash keeps the first `keep` (or fewer, if the store cannot choose: a real
+    /// disk keeps whatever it wrote).
     fn crash_and_reopen(
         &mut self,
         store: Self::S,
         cluster_id: Digest,
+        keep: usize,
     ) -> Result<Self::S, StorageError>;
 }
 
@@ -55,6 +57,29 @@ pub fn sample_batch(id: u64) -> PersistBatch {
     if id % 5 == 0 && id > 1 {
         ops.push(PersistOp::TruncateFrom(Index(id)));
     }
+    if id % 3 == 0 {
+        // A certificate, then one of a lower term for the same slot (the higher one is kept).
+        let cert = |term: u64, fill: u8| Certificate {
+            subject: VoteSubject {
+                phase: Phase::Commit,
+                term: Term(term),
+                index: Index(id / 3),
+                entry_hash: Digest([fill; 32]),
+                state_digest: Some(Digest([fill ^ 0xff; 32])),
+            },
+            sigs: vec![(ReplicaId(1), Signature([fill; 64]))],
+        };
+        ops.push(PersistOp::Certificate(cert(id, 1)));
+        ops.push(PersistOp::Certificate(cert(id / 2, 2)));
+    }
+    if id % 4 == 2 {
+        ops.push(PersistOp::EnterTerm(Arc::new(NewTerm {
+            new_term: Term(id / 4 + 1),
+            term_changes: Vec::new(),
+            chosen: vec![(Index(id), Digest([9; 32]))],
+            leader_sig: Signature([id as u8; 64]),
+        })));
+    }
     PersistBatch { id, ops }
 }
 
@@ -75,7 +100,8 @@ pub fn run_all<H: Harness>(h: &mut H) {
     a_store_of_another_cluster_is_refused(h);
 }
 
-/// Everything synced is there after a crash, exactly as `DurableState::apply` defines it.
+/// Everything synced is there after a crash, exactly as `DurableState::apply` defines it
+/// (entries, votes, certificates with the higher term kept, truncations, terms).
 pub fn synced_batches_survive_a_crash<H: Harness>(h: &mut H) {
     let mut store = h.create(CLUSTER);
     assert_eq!(store.cluster_id(), CLUSTER);
@@ -84,30 +110,34 @@ pub fn synced_batches_survive_a_crash<H: Harness>(h: &mut H) {
         store.append(b).expect("append");
         assert_eq!(store.sync().expect("sync"), Some(b.id));
     }
-    assert_eq!(store.load().expect("load"), reference(&batches));
-    let store = h.crash_and_reopen(store, CLUSTER).expect("reopen");
-    assert_eq!(store.load().expect("load after crash"), reference(&batches));
+    let expected = reference(&batches);
+    assert!(!expected.certificates.is_empty() && expected.new_term.is_some());
+    assert_eq!(store.load().expect("load"), expected);
+    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    assert_eq!(store.load().expect("load after crash"), expected);
 }
 
 /// After a crash, the unsynced batches are gone or kept as a prefix, never partly applied.
 pub fn a_crash_keeps_a_prefix_of_the_unsynced_batches<H: Harness>(h: &mut H) {
-    let mut store = h.create(CLUSTER);
     let batches: Vec<PersistBatch> = (1..=12).map(sample_batch).collect();
-    for b in &batches[..6] {
-        store.append(b).expect("append");
+    for keep in 0..=6 {
+        let mut store = h.create(CLUSTER);
+        for b in &batches[..6] {
+            store.append(b).expect("append");
+        }
+        store.sync().expect("sync");
+        for b in &batches[6..] {
+            store.append(b).expect("append");
+        }
+        let store = h.crash_and_reopen(store, CLUSTER, keep).expect("reopen");
+        let loaded = store.load().expect("load");
+        let prefix = (6..=batches.len()).find(|&k| reference(&batches[..k]) == loaded);
+        assert!(
+            prefix.is_some_and(|k| k <= 6 + keep),
+            "after a crash keeping {keep} unsynced batches, the store holds something other \
+             than the synced batches plus a prefix of the unsynced ones"
+        );
     }
-    store.sync().expect("sync");
-    for b in &batches[6..] {
-        store.append(b).expect("append");
-    }
-    let store = h.crash_and_reopen(store, CLUSTER).expect("reopen");
-    let loaded = store.load().expect("load");
-    let prefix = (6..=batches.len()).find(|&k| reference(&batches[..k]) == loaded);
-    assert!(
-        prefix.is_some(),
-        "after a crash the store holds something other than the synced batches plus a prefix \
-         of the unsynced ones"
-    );
 }
 
 /// Many batches handed over, one sync: all durable, and the sync names the last.
@@ -119,11 +149,12 @@ pub fn one_sync_covers_every_batch_handed_over<H: Harness>(h: &mut H) {
         store.append(b).expect("append");
     }
     assert_eq!(store.sync().expect("sync"), Some(50));
-    let store = h.crash_and_reopen(store, CLUSTER).expect("reopen");
+    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
     assert_eq!(store.load().expect("load"), reference(&batches));
 }
 
-/// A batch id at or below the last one is refused (the replica's ids only grow).
+/// A batch id at or below the last one is refused (the replica's ids only grow); a restarted
+/// replica numbers from 1 again, and the reopened store names no id from before.
 pub fn batch_ids_must_increase<H: Harness>(h: &mut H) {
     let mut store = h.create(CLUSTER);
     store.append(&sample_batch(5)).expect("append");
@@ -131,6 +162,17 @@ pub fn batch_ids_must_increase<H: Harness>(h: &mut H) {
         store.append(&sample_batch(5)),
         Err(StorageError::OutOfOrder { last: 5, got: 5 })
     ));
+    assert!(matches!(
+        store.append(&sample_batch(4)),
+        Err(StorageError::OutOfOrder { last: 5, got: 4 })
+    ));
+    assert_eq!(store.sync().expect("sync"), Some(5));
+    let mut store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    assert_eq!(store.sync().expect("sync after reopen"), None);
+    store
+        .append(&sample_batch(1))
+        .expect("a restarted replica starts again at 1");
+    assert_eq!(store.sync().expect("sync"), Some(1));
 }
 
 /// A store opened with another manifest's cluster id refuses to start.
@@ -140,7 +182,7 @@ pub fn a_store_of_another_cluster_is_refused<H: Harness>(h: &mut H) {
     store.sync().expect("sync");
     let other = Digest([0xc2; 32]);
     assert!(matches!(
-        h.crash_and_reopen(store, other),
+        h.crash_and_reopen(store, other, 0),
         Err(StorageError::WrongCluster { .. })
     ));
 }

@@ -33,7 +33,7 @@ fn len_check(len: u32) -> [u8; 4] {
     c
 }
 
-/// Appends one framed record to `out`.
+/// Appends one framed record to `out` (`payload` is never empty: an encoded batch).
 pub(crate) fn encode_into(payload: &[u8], out: &mut Vec<u8>) {
     let len = payload.len() as u32;
     out.extend_from_slice(&len.to_le_bytes());
@@ -165,11 +165,67 @@ mod tests {
             assert_eq!(scan.valid_len, last as u64, "cut at {cut}");
             assert_eq!(scan.torn, cut > last, "cut at {cut}");
         }
-        // In a sealed segment the same cut is corruption.
+        // In a sealed segment every such cut is corruption.
+        for cut in last + 1..bytes.len() {
+            assert!(
+                matches!(
+                    scan(&bytes[..cut], false, path()),
+                    Err(StorageError::Corrupt { offset, .. }) if offset == last as u64
+                ),
+                "sealed segment cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn unwritten_space_is_torn_only_at_the_end_of_the_last_segment() {
+        let (bytes, starts) = segment(&[b"kept", b"lost in the crash"]);
+        // A valid header whose payload and everything after it were never written.
+        let mut unwritten = bytes.clone();
+        unwritten[starts[1] + HEADER..]
+            .iter_mut()
+            .for_each(|b| *b = 0);
+        unwritten.extend_from_slice(&[0; 64]);
+        let scan_last = scan(&unwritten, true, path()).unwrap();
+        assert!(scan_last.torn);
+        assert_eq!(scan_last.records.len(), 1);
+        // Not in a sealed segment, and not with written bytes after it.
         assert!(matches!(
-            scan(&bytes[..bytes.len() - 1], false, path()),
-            Err(StorageError::Corrupt { offset, .. }) if offset == last as u64
+            scan(&unwritten, false, path()),
+            Err(StorageError::Corrupt { .. })
         ));
+        let mut then_data = unwritten.clone();
+        then_data.push(1);
+        assert!(matches!(
+            scan(&then_data, true, path()),
+            Err(StorageError::Corrupt { .. })
+        ));
+        // A zeroed header in a sealed segment is corruption too.
+        let mut zero_header = bytes.clone();
+        zero_header[starts[1]..].iter_mut().for_each(|b| *b = 0);
+        assert!(matches!(
+            scan(&zero_header, false, path()),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn lengths_out_of_range_are_refused_even_at_the_tail() {
+        for len in [0u32, MAX_PAYLOAD as u32 + 1] {
+            let mut bytes = Vec::new();
+            encode_into(b"kept", &mut bytes);
+            let at = bytes.len();
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&len_check(len));
+            bytes.extend_from_slice(&[1; 40]);
+            assert!(
+                matches!(
+                    scan(&bytes, true, path()),
+                    Err(StorageError::Corrupt { offset, .. }) if offset == at as u64
+                ),
+                "length {len}"
+            );
+        }
     }
 
     #[test]

@@ -44,6 +44,11 @@ use raft_bft::types::Digest;
 /// batches appended after the last successful sync, at most a prefix (never a part of one
 /// batch, never a later batch without an earlier one).
 ///
+/// Batch ids are the replica's, and a restarted replica numbers its batches from 1 again: ids
+/// must increase from one `append` to the next *within one opening of the store*, and `sync`
+/// only ever names ids appended since the store was opened (never one from before a crash,
+/// which the new replica instance would take for one of its own).
+///
 /// An error from `append` or `sync` is final for the store instance: it refuses everything
 /// after it (the replica must stop; it may not retry a sync and then acknowledge, because the
 /// failed write may be lost).

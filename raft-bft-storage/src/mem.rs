@@ -43,6 +43,9 @@ impl MemStore {
         }
         self.stopped = None;
         self.fail_next_sync = false;
+        // Batch ids belong to the replica instance that appended them.
+        self.last_appended = None;
+        self.last_durable = None;
         Ok(self)
     }
 
@@ -51,10 +54,8 @@ impl MemStore {
     pub fn crash(&mut self, keep: usize) {
         let pending = std::mem::take(&mut self.pending);
         for batch in pending.into_iter().take(keep) {
-            self.last_durable = Some(batch.id);
             self.durable.apply_batch(batch);
         }
-        self.last_appended = self.last_durable;
     }
 
     /// Makes the next sync fail, as a disk error would (for tests of the failure path).
