@@ -252,6 +252,13 @@ fn agreement_catches_a_forked_log() {
     let v = check_agreement(&logs);
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(v[0].contains("index 2"), "{v:?}");
+    // A shorter log that forks below the longest one's tip is caught too.
+    let mut longer = hashes.clone();
+    longer.push(Digest([7; 32]));
+    let logs = vec![(ReplicaId(0), longer), (ReplicaId(1), forked[..2].to_vec())];
+    let v = check_agreement(&logs);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].contains("index 2"), "{v:?}");
 }
 
 #[test]

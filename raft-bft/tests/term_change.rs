@@ -263,6 +263,46 @@ proptest! {
     }
 }
 
+/// Ties that cannot happen with at most `f` faults (two prepared certificates of one term at one
+/// index; two stable certificates at one index) still get one answer, whatever the order of
+/// the messages: every replica recomputes the same choice.
+#[test]
+fn the_choice_does_not_depend_on_the_order_of_the_messages() {
+    let cid = Digest([1; 32]);
+    let ec = |fill: u8| Certificate {
+        subject: VoteSubject {
+            phase: Phase::Commit,
+            term: Term(1),
+            index: Index(1),
+            entry_hash: Digest([fill; 32]),
+            state_digest: Some(Digest([fill; 32])),
+        },
+        sigs: vec![],
+    };
+    // Two entries of one term at index 1 (no stable certificate: both chain to genesis).
+    let a = header(1, 2, cid, 1);
+    let b = header(1, 2, cid, 2);
+    let tied_entries = vec![
+        report(0, 3, None, vec![unsigned_pc(&cid, &a, 2)]),
+        report(1, 3, None, vec![unsigned_pc(&cid, &b, 2)]),
+        report(2, 3, None, vec![]),
+    ];
+    // Two stable certificates at index 1.
+    let tied_bases = vec![
+        report(0, 3, Some(ec(4)), vec![]),
+        report(1, 3, Some(ec(5)), vec![]),
+        report(2, 3, None, vec![]),
+    ];
+    for reports in [tied_entries, tied_bases] {
+        let forward = choose(&cid, 3, Term(3), &reports).unwrap();
+        for order in [[1, 0, 2], [2, 1, 0], [2, 0, 1], [0, 2, 1], [1, 2, 0]] {
+            let shuffled: Vec<TermChange> = order.iter().map(|&i| reports[i].clone()).collect();
+            let other = choose(&cid, 3, Term(3), &shuffled).unwrap();
+            assert_eq!(other, forward, "order {order:?}");
+        }
+    }
+}
+
 #[test]
 fn the_highest_term_wins_and_the_sequence_is_cut_at_gaps_and_breaks() {
     let cid = Digest([1; 32]);

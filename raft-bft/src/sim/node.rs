@@ -251,6 +251,48 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_needs_a_durable_commit_certificate_at_or_above_its_index() {
+        let mut disk = Disk::default();
+        let tree = crate::merkle::MerkleTree::new(&Digest::ZERO, &[Digest([1; 32])]);
+        let reply = |index: u64| Reply {
+            client: crate::types::PublicKey([1; 32]),
+            ts: 1,
+            outcome: Outcome::Executed {
+                index: Index(index),
+                result: vec![],
+            },
+            replica: ReplicaId(1),
+            proof: tree.proof(0).expect("a proof"),
+            sig: Signature([0; 64]),
+        };
+        assert!(disk.unjustified_reply(&reply(3)).is_some());
+        let cc = crate::message::Certificate {
+            subject: subject(Phase::Append, 4, 1),
+            sigs: vec![],
+        };
+        disk.submit(
+            PersistBatch {
+                id: 1,
+                ops: vec![PersistOp::Certificate(cc)],
+            },
+            Time(0),
+            Duration::from_micros(5),
+        );
+        assert!(
+            disk.unjustified_reply(&reply(3)).is_some(),
+            "handed over is not durable yet"
+        );
+        disk.complete(1).unwrap();
+        assert_eq!(
+            disk.unjustified_reply(&reply(3)),
+            None,
+            "covered by the CC at 4"
+        );
+        assert_eq!(disk.unjustified_reply(&reply(4)), None);
+        assert!(disk.unjustified_reply(&reply(5)).is_some());
+    }
+
+    #[test]
     fn equivocation_is_caught_across_incarnations() {
         let mut spoken = Spoken::default();
         let s = subject(Phase::Append, 2, 1);
