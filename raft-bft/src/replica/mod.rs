@@ -332,7 +332,21 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn dispatch(&mut self, from: ReplicaId, msg: VerifiedMessage) {
-        if from != self.id && !self.terms.seeking && from == self.cluster.leader_of(self.term) {
+        // Only what a leader sends as leader shows it is alive (a leader that sends nothing but,
+        // say, fetch requests must still be suspected).
+        let leads = matches!(
+            msg,
+            VerifiedMessage::PreAppend { .. }
+                | VerifiedMessage::Append(_)
+                | VerifiedMessage::Commit(_)
+                | VerifiedMessage::Executed(_)
+                | VerifiedMessage::Heartbeat { .. }
+        );
+        if leads
+            && from != self.id
+            && !self.terms.seeking
+            && from == self.cluster.leader_of(self.term)
+        {
             self.terms.leader_contact = self.now;
         }
         match msg {

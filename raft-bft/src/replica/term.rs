@@ -328,19 +328,23 @@ impl<S: StateMachine> Replica<S> {
         self.send(Target::AllOthers, ReplicaMessage::NewTerm(nt));
     }
 
-    /// Proof that the leader of `proof.term` equivocated: kept as evidence naming it, forwarded
-    /// to every replica once, and, for the current term, a reason to leave it at once.
+    /// Proof that the leader of `proof.term` equivocated: kept as evidence naming it and, for
+    /// the current term, forwarded to every replica once and a reason to leave the term at once.
+    /// Proofs about other terms are not forwarded: a Byzantine replica can sign any number of
+    /// them for the terms it leads, and correct replicas must not echo them to each other.
     pub(super) fn on_equivocation(&mut self, proof: EquivocationProof) {
         if self.evidence.iter().any(|p| p.term == proof.term) {
             return;
         }
         let culprit = self.cluster.leader_of(proof.term);
         tracing::warn!(replica = %self.id, term = %proof.term, %culprit, "leader equivocated");
-        self.send(
-            Target::AllOthers,
-            ReplicaMessage::Equivocation(proof.clone()),
-        );
         let term = proof.term;
+        if term == self.term {
+            self.send(
+                Target::AllOthers,
+                ReplicaMessage::Equivocation(proof.clone()),
+            );
+        }
         self.evidence.push(proof);
         if self.evidence.len() > MAX_EVIDENCE {
             self.evidence.remove(0);

@@ -886,3 +886,81 @@ fn no_entry_is_held_beyond_what_a_term_change_can_report() {
     // (Entry 7's prepared certificate arrived while it was refused, and was kept for it.)
     assert_eq!(reported, (2..=limit + 1).collect::<Vec<_>>());
 }
+
+/// An equivocation proof about the current term is forwarded and makes the replica leave the
+/// term; one about another term is kept as evidence but not echoed (a Byzantine replica can
+/// sign any number of them for the terms it leads).
+#[test]
+fn only_proofs_about_the_current_term_are_forwarded() {
+    let mut fx = Fixture::new(4);
+    let mut r = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    let proof = |fx: &Fixture, term: Term| {
+        let entries: Vec<(PreAppend, Digest)> = [b"a", b"b"]
+            .iter()
+            .map(|op| {
+                let txs = vec![fx.signed(1, 1, &op[..])];
+                let ids: Vec<Digest> = txs.iter().map(|t| t.id(&fx.cid())).collect();
+                let hash = crate::message::entry_hash(&fx.cid(), term, Index(1), &fx.cid(), &ids);
+                (fx.pre_append(term, 1, fx.cid(), txs), hash)
+            })
+            .collect();
+        crate::message::EquivocationProof {
+            term,
+            index: Index(1),
+            first: (entries[0].1, entries[0].0.leader_sig),
+            second: (entries[1].1, entries[1].0.leader_sig),
+        }
+    };
+    let forwarded = |ready: &Ready| {
+        ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.message, ReplicaMessage::Equivocation(_)))
+    };
+    // Term 4 is led by replica 0 too, in the future.
+    let p = proof(&fx, Term(4));
+    let m = fx.wire(2, &ReplicaMessage::Equivocation(p));
+    r.on_message(Time(1), ReplicaId(2), m);
+    let ready = r.ready();
+    assert!(!forwarded(&ready));
+    assert_eq!(r.evidence().len(), 1);
+    assert!(!r.is_changing_term());
+    let p = proof(&fx, Term(0));
+    let m = fx.wire(2, &ReplicaMessage::Equivocation(p));
+    r.on_message(Time(2), ReplicaId(2), m);
+    assert!(r.is_changing_term());
+    assert_eq!(r.evidence().len(), 2);
+    let ready = r.ready();
+    let mut out = ready.messages.clone();
+    persist_all(&mut r, &ready, &mut disk);
+    out.extend(r.ready().messages);
+    assert!(
+        out.iter()
+            .any(|m| matches!(m.message, ReplicaMessage::Equivocation(_))),
+        "the proof about the current term is forwarded"
+    );
+}
+
+/// Only what a leader sends as leader counts as a sign of life: a leader that sends nothing but
+/// fetch requests is suspected once the election timeout passes.
+#[test]
+fn a_leader_that_only_asks_for_entries_is_still_suspected() {
+    let mut fx = Fixture::new(4);
+    let mut r = fx.replica(1, DurableState::default());
+    let timeout = fx.cluster.params().election_timeout.as_micros() as u64;
+    let mut now = 0;
+    while now <= timeout + 100_000 {
+        now += 20_000;
+        let m = fx.wire(
+            0,
+            &ReplicaMessage::FetchEntries {
+                from: Index(1),
+                to: Index(1),
+            },
+        );
+        r.on_message(Time(now), ReplicaId(0), m);
+        r.on_tick(Time(now));
+    }
+    assert!(r.is_changing_term(), "the leader was never suspected");
+}
