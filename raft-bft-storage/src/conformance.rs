@@ -10,7 +10,7 @@ use raft_bft::message::{Certificate, Entry, NewTerm, Phase, VoteSubject};
 use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
 use raft_bft::types::{Digest, Index, ReplicaId, Signature, Term};
 
-use crate::{StorageError, Store};
+use crate::{Snapshot, StorageError, Store};
 
 /// How the suite makes and breaks stores of one kind.
 pub trait Harness {
@@ -51,13 +51,13 @@ pub fn sample_batch(id: u64) -> PersistBatch {
             state_digest: None,
         }),
     ];
-    if id % 4 == 0 {
+    if id.is_multiple_of(4) {
         ops.push(PersistOp::SeekTerm(Term(id / 4 + 1)));
     }
-    if id % 5 == 0 && id > 1 {
+    if id.is_multiple_of(5) && id > 1 {
         ops.push(PersistOp::TruncateFrom(Index(id)));
     }
-    if id % 3 == 0 {
+    if id.is_multiple_of(3) {
         // A certificate, then one of a lower term for the same slot (the higher one is kept).
         let cert = |term: u64, fill: u8| Certificate {
             subject: VoteSubject {
@@ -98,6 +98,8 @@ pub fn run_all<H: Harness>(h: &mut H) {
     one_sync_covers_every_batch_handed_over(h);
     batch_ids_must_increase(h);
     a_store_of_another_cluster_is_refused(h);
+    compaction_forgets_below_the_checkpoint_and_survives_a_crash(h);
+    snapshots_are_durable_and_only_move_forward(h);
 }
 
 /// Everything synced is there after a crash, exactly as `DurableState::apply` defines it
@@ -113,8 +115,24 @@ pub fn synced_batches_survive_a_crash<H: Harness>(h: &mut H) {
     let expected = reference(&batches);
     assert!(!expected.certificates.is_empty() && expected.new_term.is_some());
     assert_eq!(store.load().expect("load"), expected);
-    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    let mut store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
     assert_eq!(store.load().expect("load after crash"), expected);
+    // What a restarted replica writes lands after what was there (it numbers from 1 again).
+    let more: Vec<PersistBatch> = (21..=25).map(sample_batch).collect();
+    for (i, b) in more.iter().enumerate() {
+        let renumbered = PersistBatch {
+            id: i as u64 + 1,
+            ops: b.ops.clone(),
+        };
+        store.append(&renumbered).expect("append after restart");
+    }
+    assert_eq!(store.sync().expect("sync"), Some(5));
+    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    let all: Vec<PersistBatch> = batches.iter().chain(&more).cloned().collect();
+    assert_eq!(
+        store.load().expect("load after a second crash"),
+        reference(&all)
+    );
 }
 
 /// After a crash, the unsynced batches are gone or kept as a prefix, never partly applied.
@@ -185,4 +203,69 @@ pub fn a_store_of_another_cluster_is_refused<H: Harness>(h: &mut H) {
         h.crash_and_reopen(store, other, 0),
         Err(StorageError::WrongCluster { .. })
     ));
+}
+
+/// `CompactBelow` is durable like any other op: what it dropped stays dropped after a crash,
+/// everything above it stays, and later batches apply on top.
+pub fn compaction_forgets_below_the_checkpoint_and_survives_a_crash<H: Harness>(h: &mut H) {
+    let mut store = h.create(CLUSTER);
+    let mut batches: Vec<PersistBatch> = Vec::new();
+    for id in 1..=60u64 {
+        let mut batch = sample_batch(id);
+        if id % 15 == 0 {
+            batch.ops.push(PersistOp::CompactBelow(Index(id - 5)));
+        }
+        store.append(&batch).expect("append");
+        batches.push(batch);
+        if id.is_multiple_of(4) {
+            store.sync().expect("sync");
+        }
+    }
+    store.sync().expect("sync");
+    let expected = reference(&batches);
+    assert_eq!(expected.compacted_below, Index(55));
+    assert!(expected.entries.keys().all(|i| *i >= Index(55)));
+    assert_eq!(store.load().expect("load"), expected);
+    let mut store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    assert_eq!(store.load().expect("load after crash"), expected);
+    // A compaction that is not newer changes nothing.
+    let stale = PersistBatch {
+        id: 1,
+        ops: vec![PersistOp::CompactBelow(Index(10))],
+    };
+    store.append(&stale).expect("append");
+    store.sync().expect("sync");
+    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    assert_eq!(store.load().expect("load"), expected);
+}
+
+/// A saved snapshot is durable at once, replaces the previous one, and an older one is refused.
+pub fn snapshots_are_durable_and_only_move_forward<H: Harness>(h: &mut H) {
+    let mut store = h.create(CLUSTER);
+    assert_eq!(store.load_snapshot().expect("no snapshot yet"), None);
+    let snapshot = |index: u64, len: usize| Snapshot {
+        index: Index(index),
+        state_digest: Digest([index as u8; 32]),
+        data: (0..len).map(|i| (i * 31 + index as usize) as u8).collect(),
+    };
+    store.save_snapshot(&snapshot(128, 10_000)).expect("save");
+    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    assert_eq!(
+        store.load_snapshot().expect("load"),
+        Some(snapshot(128, 10_000))
+    );
+    let mut store = store;
+    store
+        .save_snapshot(&snapshot(256, 0))
+        .expect("save an empty state");
+    assert!(matches!(
+        store.save_snapshot(&snapshot(256, 5)),
+        Err(StorageError::StaleSnapshot { .. })
+    ));
+    assert!(matches!(
+        store.save_snapshot(&snapshot(100, 5)),
+        Err(StorageError::StaleSnapshot { .. })
+    ));
+    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    assert_eq!(store.load_snapshot().expect("load"), Some(snapshot(256, 0)));
 }

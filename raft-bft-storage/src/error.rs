@@ -45,6 +45,41 @@ pub enum StorageError {
     /// An earlier failure stopped the store.
     #[error("the store stopped after an earlier failure: {0}")]
     Stopped(String),
+    /// Another store has this data directory open.
+    #[error(
+        "{path} is locked: another replica process has this data directory open; each replica \
+         needs a directory of its own"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A value could not be encoded for storage.
+    #[error("cannot encode for {path}: {why}")]
+    Encode {
+        /// The file it was meant for.
+        path: PathBuf,
+        /// The encoder's complaint.
+        why: String,
+    },
+    /// A batch or file is larger than a record may be.
+    #[error("{what} of {bytes} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A snapshot at or below the newest one saved.
+    #[error("snapshot at index {index} is not newer than the saved one at index {newest}")]
+    StaleSnapshot {
+        /// The snapshot offered.
+        index: raft_bft::types::Index,
+        /// The newest saved.
+        newest: raft_bft::types::Index,
+    },
     /// The batch ids handed over are not increasing.
     #[error("batch {got} was appended after batch {last}: batch ids must increase")]
     OutOfOrder {

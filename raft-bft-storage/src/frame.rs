@@ -1,20 +1,22 @@
 //! Record framing for the write-ahead log, and the scan that tells a torn tail from corruption.
 //!
-//! A record is `len: u32 LE | len_check: u32 | payload_check: [u8; 32] | payload`, where
-//! `len_check` is the first four bytes of `blake3(len)` and `payload_check` is
+//! A record is `len: u32 LE | len_check: [u8; 4] | payload_check: [u8; 32] | payload | 0xA5`,
+//! where `len_check` is the first four bytes of `blake3(len)` and `payload_check` is
 //! `blake3(payload)`. The length has a check of its own so that a flipped length is not
-//! mistaken for a record cut short by a crash.
+//! mistaken for a record cut short by a crash. The final marker byte is the last byte written:
+//! space a file system allocated but never wrote reads as zeros, so a record whose marker is
+//! zero was never completely written, while a bit flip cannot turn the marker into a zero.
 //!
 //! Recovery rule (only the end of the *last* segment can be torn; a crash interrupts at most
-//! the writes after the last sync):
+//! the writes after the last sync, which the replica never acknowledged):
 //!
 //! - a header cut short, or a record whose valid header says it runs past the end of the
 //!   file: torn, the file is cut there;
-//! - a header or record followed only by zero bytes up to the end of the file, whose bytes are
-//!   all zero themselves: torn (space the file system allocated but never wrote);
-//! - any other failed check: corruption, reported with the file and offset. A complete record
-//!   with a bad checksum at the very end may be a torn write, but it may also be an acknowledged
-//!   record that rotted; the store refuses to guess and never drops it silently.
+//! - a record written in part and then zeros up to the end of the file (a length whose check
+//!   fails followed only by zeros, or a complete-length record that fails its checks, whose
+//!   marker is zero and after which there are only zeros): torn;
+//! - any other failed check: corruption, reported with the file and offset. A single bit flip
+//!   anywhere, the last record included, is always corruption.
 
 use std::path::Path;
 
@@ -22,6 +24,12 @@ use crate::StorageError;
 
 /// Bytes before the payload.
 pub(crate) const HEADER: usize = 40;
+
+/// Bytes after the payload (the end marker).
+pub(crate) const TRAILER: usize = 1;
+
+/// The last byte of every record.
+const MARKER: u8 = 0xA5;
 
 /// The largest payload a record may carry (a batch larger than this is refused on append).
 pub(crate) const MAX_PAYLOAD: usize = 1 << 30;
@@ -40,6 +48,7 @@ pub(crate) fn encode_into(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&len_check(len));
     out.extend_from_slice(blake3::hash(payload).as_bytes());
     out.extend_from_slice(payload);
+    out.push(MARKER);
 }
 
 /// What a scan found in one segment.
@@ -62,32 +71,32 @@ fn all_zero(bytes: &[u8]) -> bool {
 pub(crate) fn scan<'a>(bytes: &'a [u8], last: bool, path: &Path) -> Result<Scan<'a>, StorageError> {
     let mut records = Vec::new();
     let mut at = 0usize;
-    let corrupt = |offset: usize, why: &str| StorageError::Corrupt {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        why: why.to_string(),
-    };
     while at < bytes.len() {
         let rest = &bytes[at..];
-        let refuse = |why: &str| -> Result<Scan<'a>, StorageError> { Err(corrupt(at, why)) };
+        let torn = |records| {
+            Ok(Scan {
+                records,
+                valid_len: at as u64,
+                torn: true,
+            })
+        };
+        let refuse = |why: &str| -> Result<Scan<'a>, StorageError> {
+            Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                offset: at as u64,
+                why: why.to_string(),
+            })
+        };
         if rest.len() < 8 {
             if last {
-                return Ok(Scan {
-                    records,
-                    valid_len: at as u64,
-                    torn: true,
-                });
+                return torn(records);
             }
             return refuse("a record header is cut short in a sealed segment");
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
         if rest[4..8] != len_check(len) {
-            if last && all_zero(rest) {
-                return Ok(Scan {
-                    records,
-                    valid_len: at as u64,
-                    torn: true,
-                });
+            if last && all_zero(&rest[8..]) {
+                return torn(records);
             }
             return refuse("a record's length fails its check");
         }
@@ -95,29 +104,23 @@ pub(crate) fn scan<'a>(bytes: &'a [u8], last: bool, path: &Path) -> Result<Scan<
         if len == 0 || len > MAX_PAYLOAD {
             return refuse("a record's length is out of range");
         }
-        if rest.len() < HEADER + len {
+        let size = HEADER + len + TRAILER;
+        if rest.len() < size {
             if last {
-                return Ok(Scan {
-                    records,
-                    valid_len: at as u64,
-                    torn: true,
-                });
+                return torn(records);
             }
             return refuse("a record is cut short in a sealed segment");
         }
         let payload = &rest[HEADER..HEADER + len];
-        if blake3::hash(payload).as_bytes()[..] != rest[8..HEADER] {
-            if last && all_zero(payload) && all_zero(&rest[HEADER + len..]) {
-                return Ok(Scan {
-                    records,
-                    valid_len: at as u64,
-                    torn: true,
-                });
+        let marker = rest[size - 1];
+        if blake3::hash(payload).as_bytes()[..] != rest[8..HEADER] || marker != MARKER {
+            if last && marker == 0 && all_zero(&rest[size..]) {
+                return torn(records);
             }
-            return refuse("a record's checksum does not match its payload");
+            return refuse("a record fails its checksum or end marker");
         }
         records.push((at as u64, payload));
-        at += HEADER + len;
+        at += size;
     }
     Ok(Scan {
         records,
@@ -217,7 +220,7 @@ mod tests {
             let at = bytes.len();
             bytes.extend_from_slice(&len.to_le_bytes());
             bytes.extend_from_slice(&len_check(len));
-            bytes.extend_from_slice(&[1; 40]);
+            bytes.extend_from_slice(&[1; 41]);
             assert!(
                 matches!(
                     scan(&bytes, true, path()),

@@ -26,15 +26,27 @@
 
 pub mod conformance;
 mod error;
-#[allow(dead_code)] // used by the file store, which comes next
+mod file;
 mod frame;
 mod mem;
 
 pub use error::StorageError;
+pub use file::{FileOptions, FileStore, Recovery};
 pub use mem::MemStore;
 
 use raft_bft::persist::{DurableState, PersistBatch};
-use raft_bft::types::Digest;
+use raft_bft::types::{Digest, Index};
+
+/// A state machine snapshot: the state after executing every entry up to `index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The last entry the snapshot includes.
+    pub index: Index,
+    /// The state machine's digest of this state (what execution certificates sign).
+    pub state_digest: Digest,
+    /// The state machine's own encoding of its state.
+    pub data: Vec<u8>,
+}
 
 /// The storage contract that the replica's persist-before-speak API needs.
 ///
@@ -49,9 +61,13 @@ use raft_bft::types::Digest;
 /// only ever names ids appended since the store was opened (never one from before a crash,
 /// which the new replica instance would take for one of its own).
 ///
-/// An error from `append` or `sync` is final for the store instance: it refuses everything
-/// after it (the replica must stop; it may not retry a sync and then acknowledge, because the
-/// failed write may be lost).
+/// An I/O error is final for the store instance: it refuses everything after it (the replica
+/// must stop; it may not retry a sync and then acknowledge, because the failed write may be
+/// lost). A refused argument ([`StorageError::OutOfOrder`], [`StorageError::TooLarge`],
+/// [`StorageError::StaleSnapshot`]) changes nothing and does not stop the store.
+///
+/// Compaction is an operation of its own ([`PersistOp::CompactBelow`](raft_bft::persist::PersistOp)),
+/// durable like any other; a store may reclaim the space it frees at the sync that covers it.
 pub trait Store {
     /// The cluster this store belongs to (checked when the store is opened).
     fn cluster_id(&self) -> Digest;
@@ -65,4 +81,11 @@ pub trait Store {
 
     /// Everything made durable so far.
     fn load(&self) -> Result<DurableState, StorageError>;
+
+    /// Saves a snapshot, durably before it returns, in place of the previous one. Snapshot
+    /// indexes must increase.
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
+
+    /// The newest snapshot saved, checked against its digest.
+    fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError>;
 }

@@ -3,7 +3,7 @@
 use raft_bft::persist::{DurableState, PersistBatch};
 use raft_bft::types::Digest;
 
-use crate::{StorageError, Store};
+use crate::{Snapshot, StorageError, Store};
 
 /// Everything in memory. [`MemStore::crash`] loses what was not synced, as a real crash would.
 #[derive(Clone, Debug)]
@@ -17,6 +17,7 @@ pub struct MemStore {
     /// Set by [`MemStore::fail_next_sync`]: the next sync fails and stops the store.
     fail_next_sync: bool,
     stopped: Option<String>,
+    snapshot: Option<Snapshot>,
 }
 
 impl MemStore {
@@ -30,6 +31,7 @@ impl MemStore {
             last_appended: None,
             fail_next_sync: false,
             stopped: None,
+            snapshot: None,
         }
     }
 
@@ -108,5 +110,24 @@ impl Store for MemStore {
     fn load(&self) -> Result<DurableState, StorageError> {
         self.check_running()?;
         Ok(self.durable.clone())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.check_running()?;
+        if let Some(old) = &self.snapshot {
+            if snapshot.index <= old.index {
+                return Err(StorageError::StaleSnapshot {
+                    index: snapshot.index,
+                    newest: old.index,
+                });
+            }
+        }
+        self.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        self.check_running()?;
+        Ok(self.snapshot.clone())
     }
 }

@@ -2,7 +2,8 @@
 
 use raft_bft::types::Digest;
 use raft_bft_storage::conformance::{self, Harness};
-use raft_bft_storage::{MemStore, StorageError, Store};
+use raft_bft_storage::{FileOptions, FileStore, MemStore, StorageError, Store};
+use tempfile::TempDir;
 
 /// The in-memory store.
 struct Mem;
@@ -25,16 +26,60 @@ impl Harness for Mem {
     }
 }
 
+/// The file store, each in a temporary directory, with small segments so that the suite
+/// crosses segment boundaries.
+#[derive(Default)]
+struct Files {
+    dirs: Vec<TempDir>,
+}
+
+fn small_segments() -> FileOptions {
+    FileOptions {
+        segment_bytes: 4096,
+    }
+}
+
+impl Harness for Files {
+    type S = FileStore;
+
+    fn create(&mut self, cluster_id: Digest) -> FileStore {
+        let dir = TempDir::new().expect("temporary directory");
+        let store = FileStore::open_with(dir.path(), cluster_id, small_segments()).expect("open");
+        self.dirs.push(dir);
+        store
+    }
+
+    /// The crash happens after the disk wrote the records of the first `keep` unsynced
+    /// batches (the file store writes nothing before a sync, so this is the worst case).
+    fn crash_and_reopen(
+        &mut self,
+        store: FileStore,
+        cluster_id: Digest,
+        keep: usize,
+    ) -> Result<FileStore, StorageError> {
+        let dir = store.dir().to_path_buf();
+        let ends = store.unsynced_record_ends();
+        let written = match keep.min(ends.len()) {
+            0 => 0,
+            k => ends[k - 1],
+        };
+        store.crash_after_writing(written)?;
+        FileStore::open_with(dir, cluster_id, small_segments())
+    }
+}
+
 #[test]
 fn mem_store_passes_the_conformance_suite() {
     conformance::run_all(&mut Mem);
 }
 
 #[test]
-fn a_failed_sync_stops_the_store_for_good() {
-    let mut store = MemStore::new(Digest([1; 32]));
-    store.append(&conformance::sample_batch(1)).expect("append");
-    store.fail_next_sync();
+fn file_store_passes_the_conformance_suite() {
+    conformance::run_all(&mut Files::default());
+}
+
+/// `store` holds batch 1 and its next sync is armed to fail.
+fn a_failed_sync_stops_the_store_for_good(mut store: impl Store) {
     assert!(store.sync().is_err());
     // No retry that then acknowledges: everything after the failure is refused.
     assert!(matches!(store.sync(), Err(StorageError::Stopped(_))));
@@ -42,4 +87,22 @@ fn a_failed_sync_stops_the_store_for_good() {
         store.append(&conformance::sample_batch(2)),
         Err(StorageError::Stopped(_))
     ));
+    assert!(matches!(store.load(), Err(StorageError::Stopped(_))));
+}
+
+#[test]
+fn a_failed_sync_stops_the_mem_store_for_good() {
+    let mut store = MemStore::new(Digest([1; 32]));
+    store.append(&conformance::sample_batch(1)).expect("append");
+    store.fail_next_sync();
+    a_failed_sync_stops_the_store_for_good(store);
+}
+
+#[test]
+fn a_failed_sync_stops_the_file_store_for_good() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::open(dir.path(), Digest([1; 32])).expect("open");
+    store.append(&conformance::sample_batch(1)).expect("append");
+    store.fail_next_sync();
+    a_failed_sync_stops_the_store_for_good(store);
 }

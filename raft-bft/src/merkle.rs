@@ -152,7 +152,7 @@ pub fn root_from_proof(cluster_id: &Digest, leaf: &Digest, proof: &MerkleProof) 
         let sib = pos ^ 1;
         if sib < count {
             let s = siblings.next()?;
-            hash = if pos % 2 == 0 {
+            hash = if pos.is_multiple_of(2) {
                 node_hash(cluster_id, &hash, s)
             } else {
                 node_hash(cluster_id, s, &hash)

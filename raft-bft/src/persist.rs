@@ -29,6 +29,9 @@ pub enum PersistOp {
     SeekTerm(Term),
     /// This replica entered the term this (verified) NewTerm starts.
     EnterTerm(Arc<NewTerm>),
+    /// Forget entries, votes and certificates at indexes below `index`: a stable checkpoint
+    /// covers them. Compaction only ever moves forward.
+    CompactBelow(Index),
 }
 
 /// A group of operations to make durable together (one sync).
@@ -46,7 +49,8 @@ pub struct PersistBatch {
 /// simulator use it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DurableState {
-    /// Log entries by index (contiguous from 1).
+    /// Log entries by index (contiguous from `compacted_below`, or from 1 if nothing was
+    /// compacted).
     pub entries: BTreeMap<Index, Arc<Entry>>,
     /// Votes cast, by `(phase, term, index)`.
     pub votes: BTreeMap<(Phase, Term, Index), VoteSubject>,
@@ -58,6 +62,8 @@ pub struct DurableState {
     pub seeking: bool,
     /// The NewTerm that started `term` (none for term 0).
     pub new_term: Option<Arc<NewTerm>>,
+    /// Everything below this index was compacted away (`Index(0)` if nothing was).
+    pub compacted_below: Index,
 }
 
 impl DurableState {
@@ -97,6 +103,14 @@ impl DurableState {
                 // Certificates of lower phases above the cut refer to discarded entries.
                 self.certificates
                     .retain(|(phase, i), _| *i < index || *phase != Phase::PreAppend);
+            }
+            PersistOp::CompactBelow(index) => {
+                if index > self.compacted_below {
+                    self.compacted_below = index;
+                    self.entries = self.entries.split_off(&index);
+                    self.votes.retain(|(_, _, i), _| *i >= index);
+                    self.certificates.retain(|(_, i), _| *i >= index);
+                }
             }
         }
     }

@@ -368,7 +368,7 @@ impl Adversary {
                     let m = older[ctx.rng.random_range(0..older.len())].clone();
                     acts.push(Act::send(Target::Replica(peer(ctx.rng)), m));
                 }
-                if self.ticks % 5 == 0 {
+                if self.ticks.is_multiple_of(5) {
                     let foreign = forge::foreign_cluster_id(ctx.cluster.cluster_id());
                     let (hb, vote, tc) =
                         forge::foreign_messages(&foreign, ctx.key, ctx.me, ctx.term, Index(1));
