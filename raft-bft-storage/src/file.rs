@@ -5,7 +5,9 @@
 //!
 //! - `wal-<seq>.log`: write-ahead log segments, `seq` zero-padded so that names sort in log
 //!   order. Each starts with a header record (cluster id, sequence number) and then holds one
-//!   [`frame`](crate::frame) record per [`PersistBatch`]. Only the newest segment is written.
+//!   [`frame`](crate::frame) record per sync: the [`PersistBatch`]es of that group commit (a
+//!   very large group is split into records of [`GROUP_RECORD_BYTES`]). Only the newest
+//!   segment is written.
 //! - `base`: the state at the start of segment `next_segment`, as the operations that rebuild
 //!   it. Written at compaction (temp file, fsync, rename, fsync of the directory); segments
 //!   before `next_segment` are then deleted.
@@ -13,7 +15,9 @@
 //! - `LOCK`: held with an exclusive lock while a store has the directory open.
 //!
 //! Group commit: [`Store::append`] only encodes a batch into memory; [`Store::sync`] writes
-//! every batch handed over since the last sync with one `write` and one `fdatasync`.
+//! every batch handed over since the last sync with one `write` and one `fdatasync`. One
+//! checksum covers the whole group, which keeps hashing fast (blake3 is fastest on large
+//! inputs) and makes the group the unit a crash keeps or loses.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -32,6 +36,11 @@ const BASE_MAGIC: u64 = u64::from_le_bytes(*b"RBFTBASE");
 const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"RBFTSNAP");
 const FORMAT_VERSION: u32 = 1;
 const BASE: &str = "base";
+/// A group commit larger than this is split into several records (all in one write).
+pub const GROUP_RECORD_BYTES: usize = 16 << 20;
+/// MessagePack's `array 32` marker: a group record's payload is an array of batches whose
+/// count is filled in when the record is sealed.
+const ARRAY32: u8 = 0xdd;
 const LOCK: &str = "LOCK";
 
 /// Tuning of a [`FileStore`].
@@ -127,10 +136,10 @@ pub struct FileStore {
     active: Active,
     /// The oldest segment still on disk.
     oldest_seq: u64,
-    /// Framed records handed over and not yet written.
+    /// Group records handed over and not yet written (the last one still open).
     unsynced_bytes: Vec<u8>,
-    /// Where each of those records ends in `unsynced_bytes`.
-    unsynced_ends: Vec<usize>,
+    /// The record batches are being added to: its offset in `unsynced_bytes` and batch count.
+    open_record: Option<(usize, u32)>,
     unsynced: Vec<PersistBatch>,
     compaction_due: bool,
     last_appended: Option<u64>,
@@ -280,16 +289,7 @@ impl FileStore {
             .write(true)
             .open(&lock_path)
             .map_err(io("opening", &lock_path))?;
-        lock.try_lock().map_err(|e| match e {
-            fs::TryLockError::WouldBlock => StorageError::Locked {
-                path: lock_path.clone(),
-            },
-            fs::TryLockError::Error(source) => StorageError::Io {
-                what: "locking",
-                path: lock_path.clone(),
-                source,
-            },
-        })?;
+        Self::lock(&lock, &lock_path)?;
 
         let mut segments = Vec::new();
         let mut snapshots = Vec::new();
@@ -394,10 +394,12 @@ impl FileStore {
                 None => return Err(corrupt(&path, 0, "a sealed segment without a header")),
             }
             for (offset, payload) in records {
-                let batch: PersistBatch = codec::decode(payload, MAX_PAYLOAD)
-                    .map_err(|e| corrupt(&path, *offset, format!("batch: {e}")))?;
-                durable.apply_batch(batch);
-                recovery.batches += 1;
+                let group: Vec<PersistBatch> = codec::decode(payload, MAX_PAYLOAD)
+                    .map_err(|e| corrupt(&path, *offset, format!("group of batches: {e}")))?;
+                for batch in group {
+                    durable.apply_batch(batch);
+                    recovery.batches += 1;
+                }
             }
             if last {
                 // Append mode: every write lands at the end, whatever was cut below.
@@ -440,7 +442,7 @@ impl FileStore {
             oldest_seq: next_segment,
             active,
             unsynced_bytes: Vec::new(),
-            unsynced_ends: Vec::new(),
+            open_record: None,
             unsynced: Vec::new(),
             compaction_due: false,
             last_appended: None,
@@ -450,6 +452,33 @@ impl FileStore {
             interrupt_compaction_after: None,
             recovery,
         })
+    }
+
+    /// Takes the directory's lock. A lock held by a process that is exiting, or by a child
+    /// process between its fork and exec, goes away within moments: wait a little before
+    /// concluding that another store has the directory.
+    fn lock(lock: &File, path: &Path) -> Result<(), StorageError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StorageError::Locked {
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err(fs::TryLockError::Error(source)) => {
+                    return Err(StorageError::Io {
+                        what: "locking",
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     /// What opening the store found and repaired (for the operator's log).
@@ -501,8 +530,19 @@ impl FileStore {
         e
     }
 
+    /// Finishes the open group record: fills in its batch count and its frame.
+    fn seal_open_record(&mut self) {
+        if let Some((start, count)) = self.open_record.take() {
+            let at = start + frame::HEADER;
+            self.unsynced_bytes[at] = ARRAY32;
+            self.unsynced_bytes[at + 1..at + 5].copy_from_slice(&count.to_be_bytes());
+            frame::seal(&mut self.unsynced_bytes, start);
+        }
+    }
+
     /// Writes every unsynced record with one write and one `fdatasync`.
     fn write_unsynced(&mut self) -> Result<(), StorageError> {
+        self.seal_open_record();
         if self.active.len >= self.options.segment_bytes {
             let next = self.active.seq + 1;
             self.active = Self::create_segment(&self.dir, self.cluster_id, next)?;
@@ -576,16 +616,24 @@ impl FileStore {
         self.interrupt_compaction_after = Some(step);
     }
 
-    /// Test hook: where each unsynced record ends, in bytes from the first.
+    /// Test hook: how many batches the next sync would write.
     #[doc(hidden)]
-    pub fn unsynced_record_ends(&self) -> &[usize] {
-        &self.unsynced_ends
+    pub fn unsynced_batches(&self) -> usize {
+        self.unsynced.len()
     }
 
-    /// Test hook: a crash after the disk wrote the first `written` bytes of the unsynced
-    /// records (a prefix of them, possibly ending mid-record) and nothing else.
+    /// Test hook: how many bytes the next sync would write.
     #[doc(hidden)]
-    pub fn crash_after_writing(mut self, written: usize) -> Result<(), StorageError> {
+    pub fn unsynced_len(&mut self) -> usize {
+        self.seal_open_record();
+        self.unsynced_bytes.len()
+    }
+
+    /// Test hook: a crash during a sync, after the disk wrote the first `written` bytes of
+    /// what the sync writes (possibly ending mid-record) and nothing else.
+    #[doc(hidden)]
+    pub fn crash_during_sync(mut self, written: usize) -> Result<(), StorageError> {
+        self.seal_open_record();
         let written = written.min(self.unsynced_bytes.len());
         let path = self.active.path.clone();
         self.active
@@ -610,19 +658,45 @@ impl Store for FileStore {
                 });
             }
         }
-        let payload = codec::encode(batch).map_err(|e| StorageError::Encode {
-            path: self.active.path.clone(),
-            why: e.to_string(),
-        })?;
-        if payload.len() > MAX_PAYLOAD {
-            return Err(StorageError::TooLarge {
-                what: "batch",
-                bytes: payload.len(),
-                limit: MAX_PAYLOAD,
-            });
+        let before = (self.unsynced_bytes.len(), self.open_record);
+        let full = |(start, count): (usize, u32)| {
+            self.unsynced_bytes.len() - start >= GROUP_RECORD_BYTES || count == u32::MAX
+        };
+        if self.open_record.is_none_or(full) {
+            self.seal_open_record();
+            let start = frame::begin(&mut self.unsynced_bytes);
+            self.unsynced_bytes.extend_from_slice(&[ARRAY32, 0, 0, 0, 0]);
+            self.open_record = Some((start, 0));
         }
-        frame::encode_into(&payload, &mut self.unsynced_bytes);
-        self.unsynced_ends.push(self.unsynced_bytes.len());
+        let encoded = codec::encode_into(batch, &mut self.unsynced_bytes);
+        let Some((start, count)) = self.open_record else {
+            unreachable!("a record was opened above");
+        };
+        let refused = match encoded {
+            Err(e) => Some(StorageError::Encode {
+                path: self.active.path.clone(),
+                why: e.to_string(),
+            }),
+            Ok(()) if self.unsynced_bytes.len() - start - frame::HEADER > MAX_PAYLOAD => {
+                Some(StorageError::TooLarge {
+                    what: "batch",
+                    bytes: self.unsynced_bytes.len() - before.0,
+                    limit: MAX_PAYLOAD - GROUP_RECORD_BYTES,
+                })
+            }
+            Ok(()) => None,
+        };
+        if let Some(e) = refused {
+            // Nothing of the refused batch stays behind.
+            if before.1 == self.open_record {
+                self.unsynced_bytes.truncate(before.0);
+            } else {
+                self.unsynced_bytes.truncate(start);
+                self.open_record = None;
+            }
+            return Err(e);
+        }
+        self.open_record = Some((start, count + 1));
         self.compaction_due |= batch
             .ops
             .iter()
@@ -641,7 +715,6 @@ impl Store for FileStore {
             return Err(self.stop(e));
         }
         self.unsynced_bytes.clear();
-        self.unsynced_ends.clear();
         for batch in self.unsynced.drain(..) {
             self.last_durable = Some(batch.id);
             self.durable.apply_batch(batch);

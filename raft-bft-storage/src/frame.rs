@@ -41,14 +41,31 @@ fn len_check(len: u32) -> [u8; 4] {
     c
 }
 
-/// Appends one framed record to `out` (`payload` is never empty: an encoded batch).
-pub(crate) fn encode_into(payload: &[u8], out: &mut Vec<u8>) {
+/// Starts a record at the end of `out`: reserves its header. Append the payload, then
+/// [`seal`] it with the offset this returns.
+pub(crate) fn begin(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.resize(start + HEADER, 0);
+    start
+}
+
+/// Finishes the record begun at `start` (everything after its header is its payload, which is
+/// never empty and at most [`MAX_PAYLOAD`] bytes).
+pub(crate) fn seal(out: &mut Vec<u8>, start: usize) {
+    let payload = &out[start + HEADER..];
     let len = payload.len() as u32;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&len_check(len));
-    out.extend_from_slice(blake3::hash(payload).as_bytes());
-    out.extend_from_slice(payload);
+    let check = blake3::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&len_check(len));
+    out[start + 8..start + HEADER].copy_from_slice(check.as_bytes());
     out.push(MARKER);
+}
+
+/// Appends one framed record holding `payload` to `out`.
+pub(crate) fn encode_into(payload: &[u8], out: &mut Vec<u8>) {
+    let start = begin(out);
+    out.extend_from_slice(payload);
+    seal(out, start);
 }
 
 /// What a scan found in one segment.

@@ -49,21 +49,25 @@ impl Harness for Files {
         store
     }
 
-    /// The crash happens after the disk wrote the records of the first `keep` unsynced
-    /// batches (the file store writes nothing before a sync, so this is the worst case).
+    /// The crash interrupts a sync of every unsynced batch: if all of them are to be kept the
+    /// disk wrote the whole group, otherwise it wrote half of it (a torn group, which recovery
+    /// drops: the file store keeps or loses a group commit as a whole).
     fn crash_and_reopen(
         &mut self,
-        store: FileStore,
+        mut store: FileStore,
         cluster_id: Digest,
         keep: usize,
     ) -> Result<FileStore, StorageError> {
         let dir = store.dir().to_path_buf();
-        let ends = store.unsynced_record_ends();
-        let written = match keep.min(ends.len()) {
-            0 => 0,
-            k => ends[k - 1],
+        let len = store.unsynced_len();
+        let written = if keep == 0 {
+            0
+        } else if keep >= store.unsynced_batches() {
+            len
+        } else {
+            len / 2
         };
-        store.crash_after_writing(written)?;
+        store.crash_during_sync(written)?;
         FileStore::open_with(dir, cluster_id, small_segments())
     }
 }

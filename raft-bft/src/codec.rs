@@ -48,6 +48,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     rmp_serde::to_vec(value).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Encodes a value at the end of `out` (no intermediate buffer).
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    rmp_serde::encode::write(out, value).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Decodes a value from untrusted bytes, refusing inputs above `limit` bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
     if bytes.len() > limit {
