@@ -186,10 +186,16 @@ fn main() {
             store.append(b).expect("append");
         }
         let t = start.elapsed();
-        eprintln!("append only: {:.2} us/entry", t.as_secs_f64() * 1e6 / GROUP_ROUND as f64);
+        eprintln!(
+            "append only: {:.2} us/entry",
+            t.as_secs_f64() * 1e6 / GROUP_ROUND as f64
+        );
         let start = Instant::now();
         store.sync().expect("sync");
-        eprintln!("one sync of all: {:.2} us/entry", start.elapsed().as_secs_f64() * 1e6 / GROUP_ROUND as f64);
+        eprintln!(
+            "one sync of all: {:.2} us/entry",
+            start.elapsed().as_secs_f64() * 1e6 / GROUP_ROUND as f64
+        );
     }
     println!(
         "{:<28} {:>12} {:>10} {:>12} {:>10}",

@@ -665,7 +665,8 @@ impl Store for FileStore {
         if self.open_record.is_none_or(full) {
             self.seal_open_record();
             let start = frame::begin(&mut self.unsynced_bytes);
-            self.unsynced_bytes.extend_from_slice(&[ARRAY32, 0, 0, 0, 0]);
+            self.unsynced_bytes
+                .extend_from_slice(&[ARRAY32, 0, 0, 0, 0]);
             self.open_record = Some((start, 0));
         }
         let encoded = codec::encode_into(batch, &mut self.unsynced_bytes);

@@ -350,6 +350,119 @@ impl Drop for SmallDisk {
     }
 }
 
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running {program}: {e} (this test needs util-linux and e2fsprogs installed)")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed (this test needs root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ext4 file system on a loop device whose backing file lives on a tmpfs too small for it:
+/// writes land in the page cache and succeed, and the `fdatasync` that pushes them to the
+/// device fails, as a failing disk's would.
+struct FailingDisk {
+    backing: SmallDisk,
+    device: String,
+    mount: TempDir,
+}
+
+impl FailingDisk {
+    fn new() -> FailingDisk {
+        let backing = SmallDisk::mount(6 << 20);
+        let image = backing.dir.path().join("disk.img");
+        let image = image.to_str().expect("utf-8 path");
+        run("truncate", &["-s", "64M", image]);
+        let device = run("losetup", &["-f", "--show", image]);
+        run("mkfs.ext4", &["-q", "-E", "nodiscard", &device]);
+        let mount = TempDir::new().expect("temporary directory");
+        run(
+            "mount",
+            &[&device, mount.path().to_str().expect("utf-8 path")],
+        );
+        FailingDisk {
+            backing,
+            device,
+            mount,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.mount.path().join("store")
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        let _ = &self.backing; // unmounted after the loop device is gone
+    }
+}
+
+#[test]
+fn an_fdatasync_that_fails_for_real_stops_the_store_and_nothing_is_acknowledged() {
+    let disk = FailingDisk::new();
+    let mut store = FileStore::open(disk.path(), CLUSTER).expect("open");
+    let mut acknowledged = 0u64;
+    let mut failure = None;
+    for id in 1..=200u64 {
+        // 64 KiB of tx bytes per batch: the device's backing store fills within a few MiB.
+        let mut batch = sample_batch(id);
+        if let PersistOp::Entry(e) = &mut batch.ops[0] {
+            let mut entry = (**e).clone();
+            entry.txs = vec![raft_bft::message::SignedTx {
+                client: raft_bft::types::PublicKey([1; 32]),
+                ts: id,
+                op: vec![id as u8; 64 << 10],
+                sig: raft_bft::types::Signature([0; 64]),
+            }];
+            *e = std::sync::Arc::new(entry);
+        }
+        store.append(&batch).expect("append (in memory)");
+        match store.sync() {
+            Ok(last) => {
+                assert_eq!(last, Some(id));
+                acknowledged = id;
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("the device never failed a sync");
+    assert!(
+        matches!(
+            &failure,
+            StorageError::Io {
+                what: "syncing",
+                ..
+            }
+        ),
+        "expected the fdatasync to fail, got: {failure}"
+    );
+    assert!(
+        acknowledged > 0,
+        "the disk failed before any sync succeeded"
+    );
+    // Never a retry that then acknowledges, even once the disk would take the write.
+    for _ in 0..3 {
+        assert!(matches!(store.sync(), Err(StorageError::Stopped(_))));
+    }
+    assert!(matches!(
+        store.append(&sample_batch(1000)),
+        Err(StorageError::Stopped(_))
+    ));
+}
+
 #[test]
 fn a_write_that_fails_for_real_stops_the_store_and_nothing_unacknowledged_is_kept_torn() {
     let disk = SmallDisk::mount(256 * 1024);
