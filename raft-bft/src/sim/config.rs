@@ -83,7 +83,8 @@ impl Default for FaultConfig {
 /// Crashes and restarts of replicas during the fault phase.
 ///
 /// A crash drops the replica's in-memory state and every persist batch it handed over that was
-/// not yet durable; messages in flight to it are lost. It restarts from its durable state with a
+/// not yet durable (with [`SimConfig::disk_faults`], it may keep some of them and tear the
+/// next); messages in flight to it are lost. It restarts from its durable state with a
 /// fresh application. Every replica is up again at heal time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrashConfig {
@@ -148,6 +149,13 @@ pub struct SimConfig {
     pub min_disk_latency: Duration,
     /// See `min_disk_latency`.
     pub max_disk_latency: Duration,
+    /// Disk faults, as a real write-ahead log on a real disk has them: a crash keeps a random
+    /// prefix (none to all) of the batches handed over but not yet confirmed durable, and the
+    /// record after that prefix may be torn mid-write (the restarted replica's recovery drops
+    /// it by its length and checksum); and a sync occasionally takes 10 to 50 times
+    /// `max_disk_latency` (a slow disk). Persist-before-speak is still judged only by what was
+    /// durable when a message left. Off by default.
+    pub disk_faults: bool,
     /// Protocol parameters of the simulated cluster.
     pub params: Params,
     /// Client timing; `None`: [`ClientConfig::from_params`].
@@ -186,6 +194,7 @@ impl SimConfig {
             check_interval: Duration::from_millis(100),
             min_disk_latency: Duration::from_micros(50),
             max_disk_latency: Duration::from_micros(1500),
+            disk_faults: false,
             params: Params::default(),
             client_config: None,
             max_events: 20_000_000,

@@ -10,18 +10,54 @@ use crate::replica::Replica;
 use crate::types::{Digest, Index, ReplicaId, Term, Time};
 use crate::verify::Verifier;
 
-use super::queue::TimerSlot;
+use rand::{Rng as _, RngExt as _};
 
-/// A disk that completes syncs in order. What it confirmed survives a crash; batches handed over
-/// but not yet durable are lost.
+use super::queue::TimerSlot;
+use super::SimRng;
+
+/// A disk that completes syncs in order. What it confirmed survives a crash. Of the batches
+/// handed over but not yet durable, a plain crash ([`Disk::crash`]) loses every one; a crash
+/// with disk faults ([`Disk::crash_torn`]) keeps whatever whole records of them the disk wrote
+/// before power went, which the next incarnation reads back ([`Disk::recover`]).
 #[derive(Debug, Default)]
 pub(crate) struct Disk {
-    /// Everything confirmed durable.
+    /// Everything confirmed durable (by a completed sync, or read back by recovery). The
+    /// persist-before-speak checks look only at this.
     pub(crate) durable: DurableState,
     /// Handed over, not yet durable, in order.
     unsynced: VecDeque<PersistBatch>,
     /// When the disk finishes the last batch handed over.
     free_at: Time,
+    /// Left by a crash with disk faults, until the restart reads it back.
+    crashed_tail: Option<CrashedTail>,
+}
+
+/// The write-ahead log past the durable state, as a crash with disk faults left it.
+#[derive(Debug)]
+struct CrashedTail {
+    /// Framed records of the unsynced batches, cut where the power went.
+    bytes: Vec<u8>,
+    /// The batches whose records the cut left whole: what recovery must read back, no more and
+    /// no less.
+    whole: Vec<PersistBatch>,
+}
+
+/// What a crash with disk faults did to the batches that were not yet durable.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TornCrash {
+    /// Batches whose records the disk wrote whole (recovery will find them).
+    pub(crate) kept: usize,
+    /// Batches lost, the torn one included.
+    pub(crate) lost: usize,
+}
+
+/// What recovery read back from the log after a crash.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// Whole batches applied to the durable state.
+    pub(crate) batches: usize,
+    /// A torn record at the end was cut off.
+    pub(crate) torn: bool,
 }
 
 impl Disk {
@@ -55,6 +91,72 @@ impl Disk {
         self.unsynced.clear();
         self.free_at = now;
         lost
+    }
+
+    /// A crash on a real disk: the unsynced batches were being written to the log in order, and
+    /// the power went at a random point. A random prefix of them (none to all) made it whole;
+    /// unless all did, the next record may be torn at any byte, and half the time the rest of
+    /// its space holds stale bytes rather than ending the file (so recovery must rely on the
+    /// checksum, not only on the length). The kept prefix is drawn first, uniformly, so that
+    /// keeping everything is as likely as keeping nothing whatever the record sizes.
+    pub(crate) fn crash_torn(&mut self, now: Time, rng: &mut SimRng) -> Result<TornCrash, String> {
+        // A crashed replica is down until its restart recovers, so it cannot crash again in
+        // between; an unrecovered tail must never be silently replaced.
+        if self.crashed_tail.is_some() {
+            return Err("crashed again before the previous crash was recovered".into());
+        }
+        let unsynced: Vec<PersistBatch> = self.unsynced.drain(..).collect();
+        self.free_at = now;
+        let count = unsynced.len();
+        let mut records = Vec::with_capacity(count);
+        for batch in &unsynced {
+            records.push(frame_record(batch)?);
+        }
+        let kept = rng.random_range(0..=count);
+        let mut bytes: Vec<u8> = records[..kept].concat();
+        if let Some(torn) = records.get(kept) {
+            // Nothing of the record (0) up to all but its last byte.
+            let written = rng.random_range(0..torn.len());
+            bytes.extend_from_slice(&torn[..written]);
+            if written > 0 && rng.random_bool(0.5) {
+                let mut stale = vec![0u8; torn.len() - written];
+                rng.fill_bytes(&mut stale);
+                bytes.extend_from_slice(&stale);
+            }
+        }
+        let whole: Vec<PersistBatch> = unsynced.into_iter().take(kept).collect();
+        self.crashed_tail = Some(CrashedTail { bytes, whole });
+        Ok(TornCrash {
+            kept,
+            lost: count - kept,
+        })
+    }
+
+    /// On restart after [`Disk::crash_torn`]: reads the log's tail back and applies the whole
+    /// batches found to the durable state. `Ok(None)` if there is nothing to recover. An error
+    /// is a simulator bug: a complete record that passes its checksum but does not decode, or a
+    /// recovery that disagrees with what the crash left whole.
+    pub(crate) fn recover(&mut self) -> Result<Option<Recovered>, String> {
+        let Some(tail) = self.crashed_tail.take() else {
+            return Ok(None);
+        };
+        let read = read_records(&tail.bytes)?;
+        if read.batches != tail.whole {
+            let ids = |b: &[PersistBatch]| b.iter().map(|b| b.id).collect::<Vec<_>>();
+            return Err(format!(
+                "disk recovery read back batches {:?} where the crash left {:?} whole",
+                ids(&read.batches),
+                ids(&tail.whole)
+            ));
+        }
+        let recovered = Recovered {
+            batches: read.batches.len(),
+            torn: read.torn_bytes > 0,
+        };
+        for batch in read.batches {
+            self.durable.apply_batch(batch);
+        }
+        Ok(Some(recovered))
     }
 
     /// Persist-before-speak: why `msg` must not leave the replica yet, if it must not.
@@ -104,6 +206,75 @@ impl Disk {
             )
         })
     }
+}
+
+/// A record of the simulated write-ahead log: payload length (u32, little endian), blake3 of
+/// the length and payload (so stale bytes under a torn length fail too), then the payload (a
+/// [`PersistBatch`] through [`crate::codec`]).
+const RECORD_HEADER: usize = 4 + 32;
+
+fn record_checksum(len: &[u8; 4], payload: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(len);
+    hasher.update(payload);
+    *hasher.finalize().as_bytes()
+}
+
+/// Frames one batch as a log record.
+fn frame_record(batch: &PersistBatch) -> Result<Vec<u8>, String> {
+    let payload = crate::codec::encode(batch)
+        .map_err(|e| format!("persist batch {} does not encode: {e}", batch.id))?;
+    let len = u32::try_from(payload.len())
+        .map_err(|_| format!("persist batch {} is too large for a record", batch.id))?
+        .to_le_bytes();
+    let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
+    record.extend_from_slice(&len);
+    record.extend_from_slice(&record_checksum(&len, &payload));
+    record.extend_from_slice(&payload);
+    Ok(record)
+}
+
+/// Whole records read from the start of a log tail.
+#[derive(Debug)]
+struct ReadRecords {
+    batches: Vec<PersistBatch>,
+    /// Bytes after the last whole record: a torn write, dropped.
+    torn_bytes: usize,
+}
+
+/// Reads whole, valid records from the start of `log`. The first record that is incomplete or
+/// fails its checksum is where the write was torn: it and everything after it are dropped. A
+/// record that passes its checksum but does not decode is an error (the framing is broken).
+fn read_records(log: &[u8]) -> Result<ReadRecords, String> {
+    let mut batches = Vec::new();
+    let mut rest = log;
+    while let Some((len, after_len)) = rest.split_first_chunk::<4>() {
+        let Some((checksum, after_header)) = after_len.split_first_chunk::<32>() else {
+            break;
+        };
+        let Some((payload, next)) = usize::try_from(u32::from_le_bytes(*len))
+            .ok()
+            .and_then(|n| after_header.split_at_checked(n))
+        else {
+            break;
+        };
+        if record_checksum(len, payload) != *checksum {
+            break;
+        }
+        let batch = crate::codec::decode::<PersistBatch>(payload, payload.len()).map_err(|e| {
+            format!(
+                "disk recovery: record {} at byte {} passes its checksum but does not decode: {e}",
+                batches.len(),
+                log.len() - rest.len()
+            )
+        })?;
+        batches.push(batch);
+        rest = next;
+    }
+    Ok(ReadRecords {
+        batches,
+        torn_bytes: rest.len(),
+    })
 }
 
 /// One simulated replica.
@@ -340,5 +511,141 @@ mod tests {
         assert_eq!(disk.crash(Time(2)), 1);
         assert!(disk.durable.votes.is_empty());
         assert!(disk.complete(1).is_err());
+    }
+
+    /// Four batches of different sizes, as a replica would hand them over.
+    fn sample_batches() -> Vec<PersistBatch> {
+        let entry = |index: u64, txs: usize| {
+            PersistOp::Entry(std::sync::Arc::new(Entry {
+                term: Term(1),
+                index: Index(index),
+                prev_hash: Digest([index as u8; 32]),
+                txs: vec![
+                    crate::message::SignedTx {
+                        client: crate::types::PublicKey([3; 32]),
+                        ts: index,
+                        op: vec![7; 40],
+                        sig: Signature([1; 64]),
+                    };
+                    txs
+                ],
+            }))
+        };
+        vec![
+            PersistBatch {
+                id: 1,
+                ops: vec![PersistOp::SeekTerm(Term(1))],
+            },
+            PersistBatch {
+                id: 2,
+                ops: vec![
+                    entry(1, 3),
+                    PersistOp::Vote(subject(Phase::PreAppend, 1, 1)),
+                ],
+            },
+            PersistBatch {
+                id: 3,
+                ops: vec![PersistOp::Certificate(crate::message::Certificate {
+                    subject: subject(Phase::Append, 1, 1),
+                    sigs: vec![(ReplicaId(2), Signature([2; 64])); 3],
+                })],
+            },
+            PersistBatch {
+                id: 4,
+                ops: vec![entry(2, 0), PersistOp::TruncateFrom(Index(3))],
+            },
+        ]
+    }
+
+    #[test]
+    fn torn_write_recovery_reads_exactly_the_whole_records_before_the_cut() {
+        let batches = sample_batches();
+        let records: Vec<Vec<u8>> = batches
+            .iter()
+            .map(|b| frame_record(b).expect("a batch frames"))
+            .collect();
+        let log = records.concat();
+        // Where each record ends.
+        let ends: Vec<usize> = records
+            .iter()
+            .scan(0, |end, r| {
+                *end += r.len();
+                Some(*end)
+            })
+            .collect();
+        for cut in 0..=log.len() {
+            let whole = ends.iter().filter(|&&end| end <= cut).count();
+            let boundary = if whole == 0 { 0 } else { ends[whole - 1] };
+            // The file ends at the cut.
+            let read = read_records(&log[..cut]).expect("recovery of a cut log");
+            assert_eq!(read.batches, batches[..whole], "cut at byte {cut}");
+            assert_eq!(read.torn_bytes, cut - boundary, "cut at byte {cut}");
+            // The rest of the torn record holds stale bytes, and later records follow intact:
+            // the checksum stops recovery at the tear, and nothing after it comes back.
+            if whole < records.len() && cut > boundary {
+                let mut stale = log.clone();
+                for (k, byte) in stale[cut..ends[whole]].iter_mut().enumerate() {
+                    *byte = (k as u8).wrapping_mul(31) ^ 0xa5;
+                }
+                let read = read_records(&stale).expect("recovery of a torn log");
+                assert_eq!(
+                    read.batches,
+                    batches[..whole],
+                    "stale bytes from byte {cut}"
+                );
+                assert_eq!(read.torn_bytes, log.len() - boundary);
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_that_passes_its_checksum_but_does_not_decode_is_an_error() {
+        let payload = [0xc1u8; 5]; // 0xc1 is never valid MessagePack
+        let len = (payload.len() as u32).to_le_bytes();
+        let mut log = frame_record(&sample_batches()[0]).expect("a batch frames");
+        log.extend_from_slice(&len);
+        log.extend_from_slice(&record_checksum(&len, &payload));
+        log.extend_from_slice(&payload);
+        let err = read_records(&log).expect_err("an undecodable valid record");
+        assert!(err.contains("record 1"), "{err}");
+    }
+
+    #[test]
+    fn a_crash_with_disk_faults_keeps_a_prefix_that_recovery_reads_back() {
+        use rand::SeedableRng as _;
+        let batches = sample_batches();
+        let vote = vote(subject(Phase::PreAppend, 1, 1)); // in batch 2
+        let mut kept_counts = std::collections::BTreeSet::new();
+        let mut torn = 0;
+        for seed in 0..200 {
+            let mut rng = SimRng::seed_from_u64(seed);
+            let mut disk = Disk::default();
+            for b in &batches {
+                disk.submit(b.clone(), Time(0), Duration::from_micros(5));
+            }
+            let crash = disk.crash_torn(Time(3), &mut rng).expect("a crash");
+            assert_eq!(crash.kept + crash.lost, batches.len());
+            assert!(disk.crash_torn(Time(4), &mut rng).is_err(), "crashed twice");
+            // Nothing unconfirmed counts as durable until the next incarnation reads it back.
+            assert_eq!(disk.durable, DurableState::default());
+            assert!(disk.unjustified(&vote).is_some());
+            let recovered = disk.recover().expect("recovery").expect("a crashed tail");
+            assert_eq!(recovered.batches, crash.kept);
+            torn += usize::from(recovered.torn);
+            let mut expected = DurableState::default();
+            for b in &batches[..crash.kept] {
+                expected.apply_batch(b.clone());
+            }
+            assert_eq!(disk.durable, expected, "seed {seed}");
+            assert_eq!(disk.unjustified(&vote).is_none(), crash.kept >= 2);
+            assert_eq!(disk.recover(), Ok(None), "recovered once");
+            assert!(
+                disk.complete(1).is_err(),
+                "the crash took the batches off the queue"
+            );
+            kept_counts.insert(crash.kept);
+        }
+        assert_eq!(kept_counts.len(), batches.len() + 1, "{kept_counts:?}");
+        assert!(torn > 0);
     }
 }

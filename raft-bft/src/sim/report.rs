@@ -40,6 +40,13 @@ pub struct Counters {
     pub persisted_batches: u64,
     /// Persist batches lost in a crash before they were durable.
     pub lost_batches: u64,
+    /// With disk faults: persist batches handed over but not confirmed durable that a crash
+    /// kept (their records were whole; the restarted replica recovered them).
+    pub disk_kept_batches: u64,
+    /// With disk faults: torn records that recovery cut off the end of the log after a crash.
+    pub torn_writes: u64,
+    /// With disk faults: syncs that took 10 to 50 times the longest normal disk latency.
+    pub slow_syncs: u64,
     /// Replica crashes.
     pub crashes: u64,
     /// Replica restarts.
@@ -128,7 +135,8 @@ impl fmt::Display for SimReport {
             f,
             "  events {} sent {} delivered {} dropped {} partitioned {} to-crashed {} dup {} \
              corrupted {} crashes {} restarts {} partitions {} lost-batches {} retransmissions {} \
-             fetches {} client-retries {} invalid-replies {}",
+             fetches {} client-retries {} invalid-replies {} disk-kept-batches {} torn-writes {} \
+             slow-syncs {}",
             c.events,
             c.messages_sent,
             c.messages_delivered,
@@ -144,7 +152,10 @@ impl fmt::Display for SimReport {
             c.retransmissions,
             c.fetches,
             c.client_retries,
-            c.invalid_replies
+            c.invalid_replies,
+            c.disk_kept_batches,
+            c.torn_writes,
+            c.slow_syncs
         )?;
         for (name, map) in [
             ("decode errors", &c.decode_errors),

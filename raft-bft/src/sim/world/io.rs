@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// With disk faults: the probability that a sync is slow (see `sync_latency`).
+const SLOW_SYNC_PROB: f64 = 0.01;
+
 /// A one-line summary of a replica message, for traces.
 fn describe(msg: &ReplicaMessage) -> String {
     match msg {
@@ -266,11 +269,7 @@ impl<W: Workload> Simulation<W> {
         let ready = replica.ready();
         let incarnation = node.incarnation;
         if let Some(batch) = ready.persist {
-            let latency = network::uniform(
-                &mut self.rng,
-                self.config.min_disk_latency,
-                self.config.max_disk_latency,
-            );
+            let latency = self.sync_latency();
             let id = batch.id;
             let at = self.nodes[i].disk.submit(batch, self.now, latency);
             self.queue.push(
@@ -281,6 +280,18 @@ impl<W: Workload> Simulation<W> {
                     batch: id,
                 },
             );
+            if std::mem::take(&mut self.crash_mid_write[i]) {
+                // Strictly before the sync completes, so that the batch is still unsynced.
+                let before = Duration::from_micros(at.0.saturating_sub(self.now.0 + 1));
+                let strike = network::uniform(&mut self.rng, Duration::ZERO, before);
+                self.queue.push(
+                    self.now.after(strike),
+                    Event::CrashMidWrite {
+                        node: i,
+                        incarnation,
+                    },
+                );
+            }
         }
         let byzantine = self.nodes[i].is_byzantine();
         for m in ready.messages {
@@ -325,6 +336,18 @@ impl<W: Workload> Simulation<W> {
                 );
             }
         }
+    }
+
+    /// How long the next sync takes. With disk faults, now and then one takes 10 to 50 times
+    /// the longest normal latency (a slow disk); as the disk completes in order, the batches
+    /// behind it wait too.
+    fn sync_latency(&mut self) -> Duration {
+        let (min, max) = (self.config.min_disk_latency, self.config.max_disk_latency);
+        if self.config.disk_faults && self.rng.random_bool(SLOW_SYNC_PROB) {
+            self.counters.slow_syncs += 1;
+            return network::uniform(&mut self.rng, max * 10, max * 50);
+        }
+        network::uniform(&mut self.rng, min, max)
     }
 
     /// Sends a message from node `from` to the nodes `to` stands for, after an extra delay.

@@ -90,6 +90,12 @@ enum Event {
     /// Honest replicas change sides of the twin split.
     TwinShuffle,
     Crash,
+    /// With disk faults: power fails at node `node` while its disk writes (see
+    /// `crash_random`).
+    CrashMidWrite {
+        node: usize,
+        incarnation: u64,
+    },
     Restart {
         node: usize,
     },
@@ -124,6 +130,8 @@ pub(crate) struct Simulation<W: Workload> {
     violations: Vec<String>,
     violation_count: u64,
     healed: bool,
+    /// With disk faults: nodes that crash in the middle of their next write.
+    crash_mid_write: Vec<bool>,
     end_scheduled: bool,
     stop: Option<Stop>,
 }
@@ -219,6 +227,7 @@ impl<W: Workload> Simulation<W> {
             }
         }
         let heal_at = Time(0).after(config.heal_at);
+        let node_count = nodes.len();
         Ok(Simulation {
             net: Network::new(config.faults.clone(), nodes.len()),
             workload,
@@ -236,6 +245,7 @@ impl<W: Workload> Simulation<W> {
             violations: Vec::new(),
             violation_count: 0,
             healed: false,
+            crash_mid_write: vec![false; node_count],
             end_scheduled: false,
             stop: None,
             config,
@@ -386,6 +396,11 @@ impl<W: Workload> Simulation<W> {
                 self.crash_random();
                 self.schedule_crash();
             }
+            Event::CrashMidWrite { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation && self.may_crash(node) {
+                    self.crash_now(node);
+                }
+            }
             Event::Restart { node } => self.restart(node),
             Event::PartitionStart => {
                 if !self.net.is_faulty() {
@@ -431,26 +446,41 @@ impl<W: Workload> Simulation<W> {
     // ----- crashes -----
 
     fn crash_random(&mut self) {
-        if self.now >= self.heal_at {
-            return;
-        }
-        let f = self.cluster.f();
-        let max_down = self.config.crashes.max_down.unwrap_or(f);
-        let down = self.nodes.iter().filter(|n| !n.is_up()).count();
-        if down >= max_down {
-            return;
-        }
         let candidates: Vec<usize> = self
             .config
             .crashable()
             .into_iter()
             .map(ReplicaId::as_usize)
-            .filter(|&i| self.nodes[i].is_up())
+            .filter(|&i| self.may_crash(i))
             .collect();
         if candidates.is_empty() {
             return;
         }
         let victim = candidates[self.rng.random_range(0..candidates.len())];
+        if self.config.disk_faults && self.rng.random_bool(0.5) {
+            // A disk has unsynced writes only for a short while after each batch, so crashes at
+            // random times mostly miss them: half the crashes strike during the victim's next
+            // write instead, so that kept batches and torn records really happen.
+            self.crash_mid_write[victim] = true;
+            self.trace(|| format!("r{victim} will crash during its next write"));
+            return;
+        }
+        self.crash_now(victim);
+    }
+
+    /// True if replica `i` may crash now: it is up, the fault phase is on, and the crash budget
+    /// allows one more replica down.
+    fn may_crash(&self, i: usize) -> bool {
+        if self.now >= self.heal_at || !self.nodes[i].is_up() {
+            return false;
+        }
+        let max_down = self.config.crashes.max_down.unwrap_or(self.cluster.f());
+        let down = self.nodes.iter().filter(|n| !n.is_up()).count();
+        down < max_down
+    }
+
+    /// Crashes replica `victim` and schedules its restart.
+    fn crash_now(&mut self, victim: usize) {
         self.crash(victim);
         self.trace(|| format!("r{victim} CRASHED"));
         let downtime = network::uniform(
@@ -469,11 +499,28 @@ impl<W: Workload> Simulation<W> {
         let Some(replica) = node.replica.take() else {
             return;
         };
-        let lost = node.disk.crash(self.now);
         node.incarnation += 1;
         node.tick.clear();
+        self.crash_mid_write[i] = false;
         self.counters.crashes += 1;
-        self.counters.lost_batches += lost as u64;
+        if self.config.disk_faults {
+            match node.disk.crash_torn(self.now, &mut self.rng) {
+                Ok(c) => {
+                    self.counters.lost_batches += c.lost as u64;
+                    self.counters.disk_kept_batches += c.kept as u64;
+                    self.trace(|| {
+                        format!(
+                            "r{i} disk: kept {} unsynced batches whole, lost {}",
+                            c.kept, c.lost
+                        )
+                    });
+                }
+                Err(e) => self.violation(format!("simulator: r{i} disk crash: {e}")),
+            }
+        } else {
+            let lost = node.disk.crash(self.now);
+            self.counters.lost_batches += lost as u64;
+        }
         self.retire(i, replica);
     }
 
@@ -495,6 +542,20 @@ impl<W: Workload> Simulation<W> {
         let seed = seed32(&mut self.rng);
         let app = self.workload.new_app();
         let forget_votes = self.cluster.has_mutant(crate::mutant::Mutant::ForgetVotes);
+        // Read back what the crash left on the log before anything else uses the durable state.
+        match self.nodes[i].disk.recover() {
+            Ok(Some(r)) => {
+                self.counters.torn_writes += u64::from(r.torn);
+                self.trace(|| {
+                    format!(
+                        "r{i} disk recovery: {} whole batches, torn record cut: {}",
+                        r.batches, r.torn
+                    )
+                });
+            }
+            Ok(None) => {}
+            Err(e) => self.violation(format!("simulator: r{i} {e}")),
+        }
         let node = &mut self.nodes[i];
         node.verifier = Verifier::new(Arc::clone(&self.cluster), seed);
         if forget_votes {
