@@ -47,6 +47,7 @@ mod network;
 mod node;
 mod queue;
 mod report;
+mod shadow;
 mod workload;
 mod world;
 
@@ -56,6 +57,7 @@ pub use config::{CrashConfig, FaultConfig, Isolation, SimConfig};
 pub use history::{History, OpRecord};
 pub use kv::{KvOp, KvResult, KvWorkload, TestKv, KV_OP_BYTES};
 pub use report::{Counters, SimReport};
+pub use shadow::{OpenShadowStore, ShadowStore};
 pub use workload::Workload;
 
 /// The simulator's random number generator (seeded from [`SimConfig::seed`]).
@@ -70,9 +72,32 @@ pub fn run(config: SimConfig) -> SimReport {
 ///
 /// An invalid configuration yields a report whose only violation says why.
 pub fn run_with<W: Workload>(config: SimConfig, workload: W) -> SimReport {
+    run_on(config, workload, None)
+}
+
+/// Runs one simulation with every replica's durable state also kept in a real store (see
+/// [`ShadowStore`]): restarted replicas start from what the store loads, and a store that
+/// loads anything else than what was made durable is a violation.
+pub fn run_with_stores<W: Workload>(
+    config: SimConfig,
+    workload: W,
+    open: &OpenShadowStore<'_>,
+) -> SimReport {
+    run_on(config, workload, Some(open))
+}
+
+fn run_on<W: Workload>(
+    config: SimConfig,
+    workload: W,
+    open: Option<&OpenShadowStore<'_>>,
+) -> SimReport {
     let seed = config.seed;
     let replicas = config.replicas;
-    match world::Simulation::new(config, workload) {
+    let sim = world::Simulation::new(config, workload).and_then(|sim| match open {
+        Some(open) => sim.with_shadow_stores(open),
+        None => Ok(sim),
+    });
+    match sim {
         Ok(sim) => sim.run(),
         Err(why) => SimReport {
             seed,

@@ -49,6 +49,10 @@ pub(crate) struct TornCrash {
     pub(crate) kept: usize,
     /// Batches lost, the torn one included.
     pub(crate) lost: usize,
+    /// The batches written whole (for a shadow store).
+    pub(crate) kept_batches: Vec<PersistBatch>,
+    /// The batch being written when the power went, if any.
+    pub(crate) torn_batch: Option<PersistBatch>,
 }
 
 /// What recovery read back from the log after a crash.
@@ -69,11 +73,11 @@ impl Disk {
     }
 
     /// Makes the oldest batch durable; it must be batch `id`.
-    pub(crate) fn complete(&mut self, id: u64) -> Result<(), String> {
+    pub(crate) fn complete(&mut self, id: u64) -> Result<PersistBatch, String> {
         match self.unsynced.pop_front() {
             Some(batch) if batch.id == id => {
-                self.durable.apply_batch(batch);
-                Ok(())
+                self.durable.apply_batch(batch.clone());
+                Ok(batch)
             }
             Some(batch) => Err(format!(
                 "disk completed batch {} while batch {id} was expected",
@@ -124,11 +128,17 @@ impl Disk {
                 bytes.extend_from_slice(&stale);
             }
         }
+        let torn_batch = unsynced.get(kept).cloned();
         let whole: Vec<PersistBatch> = unsynced.into_iter().take(kept).collect();
-        self.crashed_tail = Some(CrashedTail { bytes, whole });
+        self.crashed_tail = Some(CrashedTail {
+            bytes,
+            whole: whole.clone(),
+        });
         Ok(TornCrash {
             kept,
             lost: count - kept,
+            kept_batches: whole,
+            torn_batch,
         })
     }
 

@@ -210,13 +210,18 @@ impl<W: Workload> Simulation<W> {
         if n.incarnation != incarnation || !n.is_up() {
             return; // the batch was lost in a crash
         }
-        if let Err(e) = n.disk.complete(batch) {
-            self.violation(format!("simulator: replica {node}: {e}"));
-            return;
-        }
+        let batch = match n.disk.complete(batch) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.violation(format!("simulator: replica {node}: {e}"));
+                return;
+            }
+        };
+        self.shadow(node, |s| s.persisted(&batch));
+        let n = &mut self.nodes[node];
         self.counters.persisted_batches += 1;
         if let Some(r) = n.replica.as_mut() {
-            r.on_persisted(self.now, batch);
+            r.on_persisted(self.now, batch.id);
         }
         self.drain(node);
     }

@@ -27,6 +27,7 @@ use super::network::{self, Endpoint, Network};
 use super::node::{Disk, Node, Spoken};
 use super::queue::{EventQueue, TimerSlot};
 use super::report::{Counters, SimReport};
+use super::shadow::{OpenShadowStore, ShadowStore};
 use super::workload::Workload;
 use super::SimRng;
 
@@ -134,6 +135,8 @@ pub(crate) struct Simulation<W: Workload> {
     crash_mid_write: Vec<bool>,
     end_scheduled: bool,
     stop: Option<Stop>,
+    /// Real stores kept in step with each node's disk (empty unless the run has them).
+    shadows: Vec<Option<Box<dyn ShadowStore>>>,
 }
 
 fn seed32(rng: &mut SimRng) -> [u8; 32] {
@@ -143,6 +146,27 @@ fn seed32(rng: &mut SimRng) -> [u8; 32] {
 }
 
 impl<W: Workload> Simulation<W> {
+    /// Keeps every node's durable state in a real store too (see [`ShadowStore`]).
+    pub(crate) fn with_shadow_stores(mut self, open: &OpenShadowStore<'_>) -> Result<Self, String> {
+        self.shadows = (0..self.nodes.len())
+            .map(|i| {
+                open(i)
+                    .map(Some)
+                    .map_err(|e| format!("opening the store of r{i}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// Tells node `i`'s shadow store something; a failure is a violation.
+    fn shadow(&mut self, i: usize, tell: impl FnOnce(&mut dyn ShadowStore) -> Result<(), String>) {
+        if let Some(Some(store)) = self.shadows.get_mut(i) {
+            if let Err(e) = tell(store.as_mut()) {
+                self.violation(format!("storage: r{i}: {e}"));
+            }
+        }
+    }
+
     pub(crate) fn new(config: SimConfig, workload: W) -> Result<Self, String> {
         config.validate()?;
         let mut rng = SimRng::seed_from_u64(config.seed);
@@ -248,6 +272,7 @@ impl<W: Workload> Simulation<W> {
             crash_mid_write: vec![false; node_count],
             end_scheduled: false,
             stop: None,
+            shadows: Vec::new(),
             config,
         })
     }
@@ -506,6 +531,7 @@ impl<W: Workload> Simulation<W> {
         if self.config.disk_faults {
             match node.disk.crash_torn(self.now, &mut self.rng) {
                 Ok(c) => {
+                    self.shadow(i, |s| s.crash(&c.kept_batches, c.torn_batch.as_ref()));
                     self.counters.lost_batches += c.lost as u64;
                     self.counters.disk_kept_batches += c.kept as u64;
                     self.trace(|| {
@@ -520,6 +546,7 @@ impl<W: Workload> Simulation<W> {
         } else {
             let lost = node.disk.crash(self.now);
             self.counters.lost_batches += lost as u64;
+            self.shadow(i, |s| s.crash(&[], None));
         }
         self.retire(i, replica);
     }
@@ -556,17 +583,34 @@ impl<W: Workload> Simulation<W> {
             Ok(None) => {}
             Err(e) => self.violation(format!("simulator: r{i} {e}")),
         }
+        // With a real store, the replica starts from what the store loads; it must be exactly
+        // what the simulated disk says was made durable.
+        let mut durable = self.nodes[i].disk.durable.clone();
+        if let Some(Some(store)) = self.shadows.get_mut(i) {
+            match store.load() {
+                Ok(loaded) => {
+                    if let Some(why) = differences(&durable, &loaded) {
+                        self.violation(format!(
+                            "storage: r{i} loaded a state other than the one made durable: {why}"
+                        ));
+                    }
+                    durable = loaded;
+                }
+                Err(e) => self.violation(format!("storage: r{i} cannot load: {e}")),
+            }
+        }
         let node = &mut self.nodes[i];
         node.verifier = Verifier::new(Arc::clone(&self.cluster), seed);
         if forget_votes {
             node.disk.durable.votes.clear();
+            durable.votes.clear();
         }
         match Replica::new(
             Arc::clone(&self.cluster),
             node.id,
             node.key.clone(),
             app,
-            node.disk.durable.clone(),
+            durable,
             self.now,
         ) {
             Ok(r) => {
@@ -581,6 +625,49 @@ impl<W: Workload> Simulation<W> {
             Err(e) => self.violation(format!("r{i} cannot restart from its durable state: {e}")),
         }
     }
+}
+
+/// What differs between the state made durable and the one a store loaded, if anything.
+fn differences(durable: &DurableState, loaded: &DurableState) -> Option<String> {
+    let mut why = Vec::new();
+    let count = |name: &str, a: usize, b: usize, same: bool, why: &mut Vec<String>| {
+        if !same {
+            why.push(format!("{name} ({a} made durable, {b} loaded)"));
+        }
+    };
+    count(
+        "entries",
+        durable.entries.len(),
+        loaded.entries.len(),
+        durable.entries == loaded.entries,
+        &mut why,
+    );
+    count(
+        "votes",
+        durable.votes.len(),
+        loaded.votes.len(),
+        durable.votes == loaded.votes,
+        &mut why,
+    );
+    count(
+        "certificates",
+        durable.certificates.len(),
+        loaded.certificates.len(),
+        durable.certificates == loaded.certificates,
+        &mut why,
+    );
+    if (durable.term, durable.seeking) != (loaded.term, loaded.seeking)
+        || durable.new_term != loaded.new_term
+    {
+        why.push(format!(
+            "term ({} seeking {} made durable, {} seeking {} loaded)",
+            durable.term.0, durable.seeking, loaded.term.0, loaded.seeking
+        ));
+    }
+    if durable.compacted_below != loaded.compacted_below {
+        why.push("compaction point".into());
+    }
+    (!why.is_empty()).then(|| why.join(", "))
 }
 
 fn absorb_metrics(c: &mut Counters, m: &Metrics) {
