@@ -64,7 +64,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// The file store, `entries` batches in syncs of `group`.
 fn store_round(base: &Path, entries: usize, group: usize) -> Round {
     let dir = tempfile::TempDir::new_in(base).expect("temporary directory");
-    let mut store = FileStore::open(dir.path(), CLUSTER).expect("open");
+    let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
     let batches: Vec<PersistBatch> = (1..=entries as u64).map(batch).collect();
     let before = dir_bytes(dir.path());
     let start = Instant::now();
@@ -179,7 +179,7 @@ fn main() {
     }
     {
         let dir = tempfile::TempDir::new_in(&base).expect("temporary directory");
-        let mut store = FileStore::open(dir.path(), CLUSTER).expect("open");
+        let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
         let batches: Vec<PersistBatch> = (1..=GROUP_ROUND as u64).map(batch).collect();
         let start = Instant::now();
         for b in &batches {

@@ -39,6 +39,7 @@ impl MemStore {
     pub fn reopen(mut self, cluster_id: Digest) -> Result<Self, StorageError> {
         if self.cluster_id != cluster_id {
             return Err(StorageError::WrongCluster {
+                path: "(memory)".into(),
                 expected: cluster_id,
                 found: self.cluster_id,
             });

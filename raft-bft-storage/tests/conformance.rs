@@ -44,7 +44,8 @@ impl Harness for Files {
 
     fn create(&mut self, cluster_id: Digest) -> FileStore {
         let dir = TempDir::new().expect("temporary directory");
-        let store = FileStore::open_with(dir.path(), cluster_id, small_segments()).expect("open");
+        let store =
+            FileStore::create_with(dir.path(), cluster_id, small_segments()).expect("create");
         self.dirs.push(dir);
         store
     }
@@ -105,7 +106,7 @@ fn a_failed_sync_stops_the_mem_store_for_good() {
 #[test]
 fn a_failed_sync_stops_the_file_store_for_good() {
     let dir = TempDir::new().expect("temporary directory");
-    let mut store = FileStore::open(dir.path(), Digest([1; 32])).expect("open");
+    let mut store = FileStore::create(dir.path(), Digest([1; 32])).expect("create");
     store.append(&conformance::sample_batch(1)).expect("append");
     store.fail_next_sync();
     a_failed_sync_stops_the_store_for_good(store);

@@ -35,7 +35,7 @@ struct FileShadow {
 
 impl FileShadow {
     fn open(dir: PathBuf, forget_votes: bool) -> Result<Box<dyn ShadowStore>, String> {
-        let store = FileStore::open_with(&dir, CLUSTER, options()).map_err(|e| e.to_string())?;
+        let store = FileStore::create_with(&dir, CLUSTER, options()).map_err(|e| e.to_string())?;
         Ok(Box::new(FileShadow {
             dir,
             store: Some(store),
