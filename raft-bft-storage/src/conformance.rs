@@ -267,13 +267,20 @@ pub fn snapshots_are_durable_and_only_move_forward<H: Harness>(h: &mut H) {
         Err(StorageError::StaleSnapshot { .. })
     ));
     // A refused snapshot changes nothing and does not stop the store.
-    store.append(&sample_batch(1)).expect("append after a refused snapshot");
+    store
+        .append(&sample_batch(1))
+        .expect("append after a refused snapshot");
     assert_eq!(store.sync().expect("sync"), Some(1));
     assert_eq!(store.load_snapshot().expect("load"), Some(snapshot(256, 0)));
     let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
     assert_eq!(store.load_snapshot().expect("load"), Some(snapshot(256, 0)));
     let mut store = store;
-    store.save_snapshot(&snapshot(512, 70_000)).expect("save a newer one");
+    store
+        .save_snapshot(&snapshot(512, 70_000))
+        .expect("save a newer one");
     let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
-    assert_eq!(store.load_snapshot().expect("load"), Some(snapshot(512, 70_000)));
+    assert_eq!(
+        store.load_snapshot().expect("load"),
+        Some(snapshot(512, 70_000))
+    );
 }
