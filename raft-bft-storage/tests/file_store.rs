@@ -1,69 +1,16 @@
 //! The file store on a real file system: torn tails, bit flips, locking, compaction (bounded
-//! disk, and a crash at each of its steps), and a write that fails for real.
+//! disk, and a crash at each of its steps), missing and misnamed files, snapshots.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
+use common::*;
+use raft_bft::persist::{PersistBatch, PersistOp};
 use raft_bft::types::{Digest, Index};
 use raft_bft_storage::conformance::sample_batch;
-use raft_bft_storage::{FileOptions, FileStore, StorageError, Store};
+use raft_bft_storage::{FileStore, StorageError, Store};
 use tempfile::TempDir;
-
-const CLUSTER: Digest = Digest([0x5a; 32]);
-
-fn reference(batches: &[PersistBatch]) -> DurableState {
-    let mut state = DurableState::default();
-    for b in batches {
-        state.apply_batch(b.clone());
-    }
-    state
-}
-
-fn options(segment_bytes: u64) -> FileOptions {
-    FileOptions { segment_bytes }
-}
-
-/// Every file of a directory, by name.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fs::read_dir(dir)
-        .expect("list")
-        .map(|e| {
-            let e = e.expect("entry");
-            let name = e.file_name().into_string().expect("utf-8 name");
-            (name, fs::read(e.path()).expect("read"))
-        })
-        .collect()
-}
-
-fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
-    for (name, bytes) in files {
-        fs::write(dir.join(name), bytes).expect("write");
-    }
-}
-
-fn segments(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = files(dir)
-        .into_keys()
-        .filter(|n| n.starts_with("wal-"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// Where each record of a segment starts and ends (`len: u32 LE | 36 bytes of checks | payload | marker`).
-fn records(bytes: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        out.push((at, at + 41 + len));
-        at += 41 + len;
-    }
-    out
-}
 
 #[test]
 fn a_torn_tail_cut_at_every_byte_of_the_last_record_recovers_a_valid_prefix() {
@@ -318,194 +265,219 @@ fn a_damaged_snapshot_is_refused() {
     ));
 }
 
-/// A small tmpfs mounted for one test, unmounted when dropped.
-struct SmallDisk {
-    dir: TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> SmallDisk {
-        let dir = TempDir::new().expect("temporary directory");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("running mount (this test needs util-linux's mount)");
-        assert!(
-            status.success(),
-            "mounting a tmpfs failed: this test needs root (CAP_SYS_ADMIN) to give the store a \
-             disk that fills up"
-        );
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("running {program}: {e} (this test needs util-linux and e2fsprogs installed)")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed (this test needs root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// An ext4 file system on a loop device whose backing file lives on a tmpfs too small for it:
-/// writes land in the page cache and succeed, and the `fdatasync` that pushes them to the
-/// device fails, as a failing disk's would.
-struct FailingDisk {
-    backing: SmallDisk,
-    device: String,
-    mount: TempDir,
-}
-
-impl FailingDisk {
-    fn new() -> FailingDisk {
-        let backing = SmallDisk::mount(6 << 20);
-        let image = backing.dir.path().join("disk.img");
-        let image = image.to_str().expect("utf-8 path");
-        run("truncate", &["-s", "64M", image]);
-        let device = run("losetup", &["-f", "--show", image]);
-        run("mkfs.ext4", &["-q", "-E", "nodiscard", &device]);
-        let mount = TempDir::new().expect("temporary directory");
-        run(
-            "mount",
-            &[&device, mount.path().to_str().expect("utf-8 path")],
-        );
-        FailingDisk {
-            backing,
-            device,
-            mount,
-        }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.mount.path().join("store")
-    }
-}
-
-impl Drop for FailingDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.mount.path()).status();
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-        let _ = &self.backing; // unmounted after the loop device is gone
-    }
-}
-
+/// One sync of more than GROUP_RECORD_BYTES (16 MiB): split into several sealed records, all
+/// read back. (Mutants: the full record is not sealed before the next is begun; no split.)
 #[test]
-fn an_fdatasync_that_fails_for_real_stops_the_store_and_nothing_is_acknowledged() {
-    let disk = FailingDisk::new();
-    let mut store = FileStore::create(disk.path(), CLUSTER).expect("create");
-    let mut acknowledged = Vec::new();
-    let mut failure = None;
-    for id in 1..=200u64 {
-        // 64 KiB of tx bytes per batch: the device's backing store fills within a few MiB.
-        let mut batch = sample_batch(id);
-        if let PersistOp::Entry(e) = &mut batch.ops[0] {
-            let mut entry = (**e).clone();
-            entry.txs = vec![raft_bft::message::SignedTx {
-                client: raft_bft::types::PublicKey([1; 32]),
-                ts: id,
-                op: vec![id as u8; 64 << 10],
-                sig: raft_bft::types::Signature([0; 64]),
-            }];
-            *e = std::sync::Arc::new(entry);
-        }
-        store.append(&batch).expect("append (in memory)");
-        match store.sync() {
-            Ok(last) => {
-                assert_eq!(last, Some(id));
-                acknowledged.push(batch);
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
+fn a_group_commit_larger_than_one_record_is_split_and_read_back() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
+    let batches: Vec<PersistBatch> = (1..=20)
+        .map(|id| with_tx_bytes(sample_batch(id), 1 << 20))
+        .collect();
+    for b in &batches {
+        store.append(b).expect("append");
     }
-    let failure = failure.expect("the device never failed a sync");
-    assert!(
-        matches!(
-            &failure,
-            StorageError::Io {
-                what: "syncing",
-                ..
-            }
-        ),
-        "expected the fdatasync to fail, got: {failure}"
-    );
-    assert!(
-        !acknowledged.is_empty(),
-        "the disk failed before any sync succeeded"
-    );
-    // Never a retry that then acknowledges, even once the disk would take the write.
-    for _ in 0..3 {
-        assert!(matches!(store.sync(), Err(StorageError::Stopped(_))));
-    }
-    assert!(matches!(
-        store.append(&sample_batch(1000)),
-        Err(StorageError::Stopped(_))
-    ));
+    assert_eq!(store.sync().expect("sync"), Some(20));
     drop(store);
-    // The failed group is still in the page cache, but the store cut it: a restart without a
-    // reboot must not read back, as durable, what the disk never took.
-    let store = FileStore::open(disk.path(), CLUSTER).expect("reopen after the failure");
-    assert_eq!(store.load().expect("load"), reference(&acknowledged));
+    let names = segments(dir.path());
+    assert_eq!(names.len(), 1);
+    let bytes = fs::read(dir.path().join(&names[0])).expect("read");
+    assert_eq!(records(&bytes).len(), 3, "the header and two group records");
+    let store = FileStore::open(dir.path(), CLUSTER).expect("reopen");
+    assert_eq!(store.load().expect("load"), reference(&batches));
 }
 
+/// A crash while a new segment was being created leaves it empty or with part of its header:
+/// it held nothing, the store opens and writes on. (Mutant: treated as corruption.)
 #[test]
-fn a_write_that_fails_for_real_stops_the_store_and_leaves_nothing_unacknowledged() {
-    let disk = SmallDisk::mount(256 * 1024);
-    let mut store = FileStore::create(disk.path(), CLUSTER).expect("create");
-    let mut acknowledged = Vec::new();
-    let mut failed = None;
-    for id in 1..=10_000u64 {
-        // Entries with 4 KiB of tx bytes each fill the disk quickly.
+fn a_newest_segment_without_a_complete_header_is_a_torn_creation() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create_with(dir.path(), CLUSTER, options(600)).expect("create");
+    let batches: Vec<PersistBatch> = (1..=8).map(sample_batch).collect();
+    for b in &batches {
+        store.append(b).expect("append");
+        store.sync().expect("sync");
+    }
+    drop(store);
+    let names = segments(dir.path());
+    let last: u64 = names.last().expect("a segment")[4..24]
+        .parse()
+        .expect("a number");
+    for partial in [0usize, 20] {
+        let copy = TempDir::new().expect("temporary directory");
+        write_files(copy.path(), &files(dir.path()));
+        let next = copy.path().join(format!("wal-{:020}.log", last + 1));
+        fs::write(&next, vec![0u8; partial]).expect("write");
+        let mut store = FileStore::open_with(copy.path(), CLUSTER, options(600))
+            .unwrap_or_else(|e| panic!("{partial} bytes of header: {e}"));
+        assert_eq!(store.load().expect("load"), reference(&batches));
+        store.append(&sample_batch(9)).expect("append");
+        store.sync().expect("sync");
+        drop(store);
+        let store = FileStore::open_with(copy.path(), CLUSTER, options(600)).expect("reopen");
+        assert_eq!(
+            store.load().expect("load"),
+            reference(&(1..=9).map(sample_batch).collect::<Vec<_>>())
+        );
+    }
+}
+
+/// Segments swapped on disk are refused, not replayed out of order. (Mutant: the header's
+/// sequence number is not checked against the file name.)
+#[test]
+fn a_segment_under_another_name_is_corruption() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create_with(dir.path(), CLUSTER, options(600)).expect("create");
+    for id in 1..=12 {
+        store.append(&sample_batch(id)).expect("append");
+        store.sync().expect("sync");
+    }
+    drop(store);
+    let names = segments(dir.path());
+    assert!(names.len() >= 3);
+    let (a, b) = (dir.path().join(&names[0]), dir.path().join(&names[1]));
+    let (bytes_a, bytes_b) = (fs::read(&a).expect("read"), fs::read(&b).expect("read"));
+    fs::write(&a, bytes_b).expect("write");
+    fs::write(&b, bytes_a).expect("write");
+    match FileStore::open(dir.path(), CLUSTER) {
+        Err(StorageError::Corrupt {
+            path, offset: 0, ..
+        }) => assert_eq!(path, a),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+/// After a compaction, the segment the base image names, or every segment, missing: refused.
+/// (Mutants: the first-segment check and the no-segment check skipped.)
+#[test]
+fn a_segment_missing_after_the_base_image_is_corruption() {
+    for remove_all in [false, true] {
+        let dir = TempDir::new().expect("temporary directory");
+        let mut store = FileStore::create_with(dir.path(), CLUSTER, options(600)).expect("create");
+        for id in 1..=16 {
+            let mut batch = sample_batch(id);
+            if id == 6 {
+                batch.ops.push(PersistOp::CompactBelow(Index(3)));
+            }
+            store.append(&batch).expect("append");
+            store.sync().expect("sync");
+        }
+        drop(store);
+        let names = segments(dir.path());
+        assert!(names.len() >= 2, "{names:?}");
+        let gone = if remove_all { &names[..] } else { &names[..1] };
+        for name in gone {
+            fs::remove_file(dir.path().join(name)).expect("remove");
+        }
+        match FileStore::open(dir.path(), CLUSTER) {
+            Err(StorageError::Corrupt { path, .. }) => {
+                assert_eq!(path, dir.path().join(&names[0]), "remove all: {remove_all}")
+            }
+            other => panic!("remove all {remove_all}: expected corruption, got {other:?}"),
+        }
+    }
+}
+
+/// A base image is checked for its cluster even when no segment header could tell (the newest
+/// segment lost its header). (Mutant: the base image's cluster id is not checked.)
+#[test]
+fn a_base_image_of_another_cluster_is_refused() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
+    let mut batch = sample_batch(6);
+    batch.ops.push(PersistOp::CompactBelow(Index(3)));
+    store.append(&batch).expect("append");
+    store.sync().expect("sync");
+    drop(store);
+    let names = segments(dir.path());
+    assert_eq!(
+        names.len(),
+        1,
+        "compaction left only the segment the base names"
+    );
+    fs::write(dir.path().join(&names[0]), b"").expect("truncate");
+    assert!(matches!(
+        FileStore::open(dir.path(), Digest([0x5b; 32])),
+        Err(StorageError::WrongCluster { .. })
+    ));
+}
+
+/// A compaction whose base image cannot be put in place fails before any segment is deleted:
+/// reopened, the store holds everything synced. (Mutant: old segments deleted before the base
+/// image is written.) The rename fails because `base` is a directory.
+#[test]
+fn a_compaction_that_fails_to_write_the_base_image_loses_nothing() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create_with(dir.path(), CLUSTER, options(2048)).expect("create");
+    let mut batches = Vec::new();
+    for id in 1..=20u64 {
         let mut batch = sample_batch(id);
-        if let PersistOp::Entry(e) = &mut batch.ops[0] {
-            let mut entry = (**e).clone();
-            entry.txs = vec![raft_bft::message::SignedTx {
-                client: raft_bft::types::PublicKey([1; 32]),
-                ts: id,
-                op: vec![id as u8; 4096],
-                sig: raft_bft::types::Signature([0; 64]),
-            }];
-            *e = std::sync::Arc::new(entry);
+        if id == 20 {
+            fs::create_dir_all(dir.path().join("base").join("in-the-way")).expect("mkdir");
+            batch.ops.push(PersistOp::CompactBelow(Index(15)));
         }
         store.append(&batch).expect("append");
-        match store.sync() {
-            Ok(last) => {
-                assert_eq!(last, Some(id));
-                acknowledged.push(batch);
-            }
-            Err(e) => {
-                assert!(matches!(e, StorageError::Io { .. }), "{e}");
-                failed = Some(batch);
-                break;
-            }
+        batches.push(batch);
+        if id == 20 {
+            assert!(
+                store.sync().is_err(),
+                "the base image cannot be renamed over a directory"
+            );
+            // An I/O error is final (mutant: a failed compaction does not stop the store).
+            assert!(matches!(
+                store.append(&sample_batch(21)),
+                Err(StorageError::Stopped(_))
+            ));
+        } else {
+            store.sync().expect("sync");
         }
     }
-    failed.expect("the disk never filled up");
-    // Never a retry that acknowledges.
-    assert!(matches!(store.sync(), Err(StorageError::Stopped(_))));
     drop(store);
-    // What the failed write left behind was cut: a restart (without a reboot, with the page
-    // cache intact) reads back exactly what was acknowledged.
-    let store = FileStore::open(disk.path(), CLUSTER).expect("reopen after the failure");
-    assert_eq!(store.load().expect("load"), reference(&acknowledged));
+    fs::remove_dir_all(dir.path().join("base")).expect("rmdir");
+    let store = FileStore::open_with(dir.path(), CLUSTER, options(2048)).expect("reopen");
+    assert_eq!(store.load().expect("load"), reference(&batches));
+}
+
+/// A crash after the base image is in place: the reopened store deletes the segments it covers.
+/// (Mutant: open leaves them, and they are never deleted.)
+#[test]
+fn segments_a_crashed_compaction_left_are_deleted_at_open() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create_with(dir.path(), CLUSTER, options(2048)).expect("create");
+    for id in 1..=20u64 {
+        let mut batch = sample_batch(id);
+        if id == 20 {
+            batch.ops.push(PersistOp::CompactBelow(Index(15)));
+            store.interrupt_next_compaction(2);
+        }
+        store.append(&batch).expect("append");
+        let _ = store.sync();
+    }
+    drop(store);
+    assert!(segments(dir.path()).len() > 1);
+    let store = FileStore::open_with(dir.path(), CLUSTER, options(2048)).expect("reopen");
+    assert_eq!(segments(dir.path()).len(), 1, "{:?}", segments(dir.path()));
+    drop(store);
+}
+
+/// A saved snapshot replaces the previous one on disk at once. (Mutant: the older file is left
+/// until the next open.)
+#[test]
+fn saving_a_snapshot_removes_the_previous_one() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
+    for index in [10u64, 20] {
+        store
+            .save_snapshot(&raft_bft_storage::Snapshot {
+                index: Index(index),
+                state_digest: Digest([1; 32]),
+                data: vec![7; 100],
+            })
+            .expect("save");
+    }
+    let snaps: Vec<String> = files(dir.path())
+        .into_keys()
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert_eq!(snaps, vec![format!("snapshot-{:020}.snap", 20)]);
 }
