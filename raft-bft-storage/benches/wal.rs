@@ -177,26 +177,6 @@ fn main() {
         }
         eprintln!("wal: round {}/{rounds} done", round + 1);
     }
-    {
-        let dir = tempfile::TempDir::new_in(&base).expect("temporary directory");
-        let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
-        let batches: Vec<PersistBatch> = (1..=GROUP_ROUND as u64).map(batch).collect();
-        let start = Instant::now();
-        for b in &batches {
-            store.append(b).expect("append");
-        }
-        let t = start.elapsed();
-        eprintln!(
-            "append only: {:.2} us/entry",
-            t.as_secs_f64() * 1e6 / GROUP_ROUND as f64
-        );
-        let start = Instant::now();
-        store.sync().expect("sync");
-        eprintln!(
-            "one sync of all: {:.2} us/entry",
-            start.elapsed().as_secs_f64() * 1e6 / GROUP_ROUND as f64
-        );
-    }
     println!(
         "{:<28} {:>12} {:>10} {:>12} {:>10}",
         "mode", "entries/s", "MB/s", "raw MB/s", "of raw"

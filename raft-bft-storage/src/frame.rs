@@ -5,9 +5,10 @@
 //! - `len_check` is the first four bytes of `blake3(len)`, so that a flipped length is not
 //!   mistaken for a record cut short by a crash;
 //! - `check` is `blake3(payload)`;
-//! - the payload is stored XORed with a keystream derived from `check` (blake3 in XOF mode).
+//! - the payload is stored XORed with a pad derived from `check` (4 KiB of blake3 output,
+//!   repeated).
 //!   Stored bytes are therefore never all zero over a disk sector, whatever the payload (a
-//!   client can put zeros in a transaction, but cannot make its payload equal a stream derived
+//!   client can put zeros in a transaction, but cannot make its payload equal a pad derived
 //!   from the payload's own hash). An all-zero sector in a record is then proof that the sector
 //!   was never written;
 //! - the final marker byte is non-zero, so a record whose last byte reads zero was never
@@ -47,9 +48,6 @@ const SECTOR: usize = 512;
 /// The largest payload a record may carry.
 pub(crate) const MAX_PAYLOAD: usize = 1 << 30;
 
-/// Domain separation of the whitening keystream.
-const WHITENING_KEY: [u8; 32] = *b"raft-bft-storage record whitener";
-
 fn len_check(len: u32) -> [u8; 4] {
     let h = blake3::hash(&len.to_le_bytes());
     let mut c = [0u8; 4];
@@ -57,19 +55,25 @@ fn len_check(len: u32) -> [u8; 4] {
     c
 }
 
-/// XORs `data` with the keystream of a record whose payload checksum is `check`.
+/// Domain separation of the whitening pad.
+const WHITENING_KEY: [u8; 32] = *b"raft-bft-storage record whitener";
+
+/// The whitening pad repeats with this period.
+const PAD: usize = 4096;
+
+/// XORs `data` with the pad of a record whose payload checksum is `check`: 4 KiB of blake3
+/// output keyed by the checksum, repeated. No payload can match its own pad over a sector
+/// (that would take knowing the payload's hash before choosing the payload), and a repeated
+/// pad costs one small hash per record and a XOR that vectorizes.
 fn whiten(check: &[u8; 32], data: &mut [u8]) {
-    let mut stream = blake3::Hasher::new_keyed(&WHITENING_KEY)
+    let mut pad = [0u8; PAD];
+    let pad = &mut pad[..data.len().min(PAD)];
+    blake3::Hasher::new_keyed(&WHITENING_KEY)
         .update(check)
-        .finalize_xof();
-    let mut block = [0u8; 4096];
-    for chunk in data.chunks_mut(block.len()) {
-        let block = &mut block[..chunk.len()];
-        stream.fill(block);
-        chunk
-            .iter_mut()
-            .zip(block.iter())
-            .for_each(|(d, k)| *d ^= k);
+        .finalize_xof()
+        .fill(pad);
+    for chunk in data.chunks_mut(PAD) {
+        chunk.iter_mut().zip(pad.iter()).for_each(|(d, k)| *d ^= k);
     }
 }
 
