@@ -89,3 +89,11 @@ pub trait Store {
     /// The newest snapshot saved, checked against its digest.
     fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError>;
 }
+
+/// Refuses a batch id at or below the last one appended.
+pub(crate) fn check_order(last: Option<u64>, id: u64) -> Result<(), StorageError> {
+    match last {
+        Some(last) if id <= last => Err(StorageError::OutOfOrder { last, got: id }),
+        _ => Ok(()),
+    }
+}

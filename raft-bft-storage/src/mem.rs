@@ -81,14 +81,7 @@ impl Store for MemStore {
 
     fn append(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
         self.check_running()?;
-        if let Some(last) = self.last_appended {
-            if batch.id <= last {
-                return Err(StorageError::OutOfOrder {
-                    last,
-                    got: batch.id,
-                });
-            }
-        }
+        crate::check_order(self.last_appended, batch.id)?;
         self.last_appended = Some(batch.id);
         self.pending.push(batch.clone());
         Ok(())

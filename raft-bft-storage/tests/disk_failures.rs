@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-use raft_bft::persist::PersistOp;
 use raft_bft::types::{Digest, Index};
 use raft_bft_storage::conformance::sample_batch;
 use raft_bft_storage::{FileStore, StorageError, Store};
@@ -111,17 +110,7 @@ fn an_fdatasync_that_fails_for_real_stops_the_store_and_nothing_is_acknowledged(
     let mut failure = None;
     for id in 1..=200u64 {
         // 64 KiB of tx bytes per batch: the device's backing store fills within a few MiB.
-        let mut batch = sample_batch(id);
-        if let PersistOp::Entry(e) = &mut batch.ops[0] {
-            let mut entry = (**e).clone();
-            entry.txs = vec![raft_bft::message::SignedTx {
-                client: raft_bft::types::PublicKey([1; 32]),
-                ts: id,
-                op: vec![id as u8; 64 << 10],
-                sig: raft_bft::types::Signature([0; 64]),
-            }];
-            *e = std::sync::Arc::new(entry);
-        }
+        let batch = with_tx_bytes(sample_batch(id), 64 << 10);
         store.append(&batch).expect("append (in memory)");
         match store.sync() {
             Ok(last) => {
@@ -172,17 +161,7 @@ fn a_write_that_fails_for_real_stops_the_store_and_leaves_nothing_unacknowledged
     let mut failed = None;
     for id in 1..=10_000u64 {
         // Entries with 4 KiB of tx bytes each fill the disk quickly.
-        let mut batch = sample_batch(id);
-        if let PersistOp::Entry(e) = &mut batch.ops[0] {
-            let mut entry = (**e).clone();
-            entry.txs = vec![raft_bft::message::SignedTx {
-                client: raft_bft::types::PublicKey([1; 32]),
-                ts: id,
-                op: vec![id as u8; 4096],
-                sig: raft_bft::types::Signature([0; 64]),
-            }];
-            *e = std::sync::Arc::new(entry);
-        }
+        let batch = with_tx_bytes(sample_batch(id), 4096);
         store.append(&batch).expect("append");
         match store.sync() {
             Ok(last) => {

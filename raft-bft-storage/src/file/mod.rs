@@ -397,14 +397,7 @@ impl Store for FileStore {
 
     fn append(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
         self.check_running()?;
-        if let Some(last) = self.last_appended {
-            if batch.id <= last {
-                return Err(StorageError::OutOfOrder {
-                    last,
-                    got: batch.id,
-                });
-            }
-        }
+        crate::check_order(self.last_appended, batch.id)?;
         self.unsynced.push(batch)?;
         self.compaction_due |= batch
             .ops
