@@ -118,6 +118,12 @@ pub enum StorageError {
         /// The newest saved.
         newest: Index,
     },
+    /// `begin_sync` while a sync is in flight (refused; the store goes on).
+    #[error("a sync is in flight: finish it with FileStore::finish_sync before starting another")]
+    SyncInFlight,
+    /// `finish_sync` with no sync in flight (refused; the store goes on).
+    #[error("finish_sync was called with no sync in flight")]
+    NoSyncInFlight,
     /// The batch ids handed over are not increasing (refused; the store goes on).
     #[error("batch {got} was appended after batch {last}: batch ids must increase")]
     OutOfOrder {

@@ -31,7 +31,9 @@ mod frame;
 mod mem;
 
 pub use error::StorageError;
-pub use file::{FileOptions, FileStore, Recovery, GROUP_RECORD_BYTES, MAX_BATCH_BYTES};
+pub use file::{
+    FileOptions, FileStore, Recovery, SyncDone, SyncJob, GROUP_RECORD_BYTES, MAX_BATCH_BYTES,
+};
 pub use mem::MemStore;
 
 use raft_bft::persist::{DurableState, PersistBatch};

@@ -481,3 +481,65 @@ fn saving_a_snapshot_removes_the_previous_one() {
         .collect();
     assert_eq!(snaps, vec![format!("snapshot-{:020}.snap", 20)]);
 }
+
+/// A sync split in three (begin, run on another thread, finish): appends made while the job
+/// runs wait for the next sync, and a crash before that keeps only what was finished.
+#[test]
+fn a_sync_run_on_another_thread_covers_exactly_the_batches_before_it() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create_with(dir.path(), CLUSTER, options(4096)).expect("create");
+    let batches: Vec<PersistBatch> = (1..=48).map(sample_batch).collect();
+    let mut appended = 0;
+    while appended < batches.len() {
+        for b in &batches[appended..(appended + 5).min(batches.len())] {
+            store.append(b).expect("append");
+            appended += 1;
+        }
+        let before = appended;
+        let job = store
+            .begin_sync()
+            .expect("begin")
+            .expect("something to sync");
+        assert!(matches!(
+            store.begin_sync(),
+            Err(StorageError::SyncInFlight)
+        ));
+        let io = std::thread::spawn(move || job.run());
+        // Appends go on while the disk works; the next sync covers them.
+        if let Some(b) = batches.get(appended) {
+            store.append(b).expect("append during the sync");
+            appended += 1;
+        }
+        let done = io.join().expect("the sync thread");
+        let durable = store.finish_sync(done).expect("finish").expect("an id");
+        assert_eq!(durable, before as u64);
+        assert_eq!(store.load().expect("load"), reference(&batches[..before]));
+    }
+    store.sync().expect("sync the rest");
+    drop(store);
+    let store = FileStore::open(dir.path(), CLUSTER).expect("reopen");
+    assert_eq!(store.load().expect("load"), reference(&batches));
+}
+
+/// A job whose `fdatasync` fails stops the store when it is finished.
+#[test]
+fn a_sync_job_that_fails_stops_the_store() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
+    store.append(&sample_batch(1)).expect("append");
+    store.sync().expect("sync");
+    store.append(&sample_batch(2)).expect("append");
+    store.fail_next_sync();
+    let job = store.begin_sync().expect("begin").expect("a job");
+    let done = std::thread::spawn(move || job.run())
+        .join()
+        .expect("thread");
+    assert!(matches!(
+        store.finish_sync(done),
+        Err(StorageError::Io { .. })
+    ));
+    assert!(matches!(store.sync(), Err(StorageError::Stopped(_))));
+    drop(store);
+    let store = FileStore::open(dir.path(), CLUSTER).expect("reopen");
+    assert_eq!(store.load().expect("load"), reference(&[sample_batch(1)]));
+}

@@ -105,12 +105,23 @@ impl Group {
         (&self.bytes, &self.starts)
     }
 
-    /// Empties the group (keeping its buffer) and hands back its batches.
-    pub(super) fn take_batches(&mut self) -> Vec<PersistBatch> {
-        self.bytes.clear();
-        self.starts.clear();
-        self.open = None;
-        std::mem::take(&mut self.batches)
+    /// Seals the group and moves everything out (records, their starts, batches), leaving it
+    /// empty for the next appends.
+    pub(super) fn take(&mut self) -> (Vec<u8>, Vec<usize>, Vec<PersistBatch>) {
+        self.seal();
+        (
+            std::mem::take(&mut self.bytes),
+            std::mem::take(&mut self.starts),
+            std::mem::take(&mut self.batches),
+        )
+    }
+
+    /// Gives a written buffer back for reuse (its capacity), if the group has none yet.
+    pub(super) fn reuse(&mut self, mut buffer: Vec<u8>) {
+        if self.bytes.is_empty() && self.bytes.capacity() < buffer.capacity() {
+            buffer.clear();
+            self.bytes = buffer;
+        }
     }
 }
 
@@ -133,7 +144,8 @@ mod tests {
         let read: Vec<PersistBatch> =
             codec::decode(&scan.records[0].1, MAX_PAYLOAD).expect("decode");
         assert_eq!(read, batches);
-        assert_eq!(group.take_batches(), batches);
+        let (_, _, taken) = group.take();
+        assert_eq!(taken, batches);
         assert!(group.is_empty());
     }
 }

@@ -18,11 +18,15 @@
 //! Group commit: [`Store::append`] only encodes a batch into memory; [`Store::sync`] writes
 //! every batch handed over since the last sync with one `write` and one `fdatasync`. One
 //! checksum covers the whole group, which keeps hashing fast (blake3 is fastest on large
-//! inputs) and makes the group the unit a crash keeps or loses.
+//! inputs) and makes the group the unit a crash keeps or loses. A caller that wants the disk
+//! busy while it encodes the next group splits the sync in three:
+//! [`FileStore::begin_sync`], [`SyncJob::run`] (on another thread) and
+//! [`FileStore::finish_sync`].
 
 mod group;
 mod layout;
 mod recovery;
+mod sync;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -37,6 +41,7 @@ use group::Group;
 pub use group::{GROUP_RECORD_BYTES, MAX_BATCH_BYTES};
 use layout::{corrupt, io, segment_name, snapshot_name, Kind, BASE, LOCK};
 use recovery::Active;
+pub use sync::{SyncDone, SyncJob};
 
 use crate::frame;
 use crate::{Snapshot, StorageError, Store};
@@ -108,7 +113,10 @@ pub struct FileStore {
     _lock: File,
     /// Everything durable, as a replica would load it.
     durable: DurableState,
-    active: Active,
+    /// The segment being written (with the sync job while one is in flight).
+    active: Option<Active>,
+    /// The batches of the sync in flight, and whether one of them asks for compaction.
+    in_flight: Option<(Vec<PersistBatch>, bool)>,
     /// The oldest segment still on disk.
     oldest_seq: u64,
     /// The newest snapshot's index.
@@ -229,7 +237,8 @@ impl FileStore {
             options,
             _lock: lock,
             durable: opened.durable,
-            active: opened.active,
+            active: Some(opened.active),
+            in_flight: None,
             oldest_seq: opened.oldest_seq,
             snapshot: opened.snapshot,
             unsynced: Group::default(),
@@ -266,57 +275,73 @@ impl FileStore {
         e
     }
 
-    /// Writes `bytes` at the end of the active segment and syncs it.
-    fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let path = &self.active.path;
-        self.active
-            .file
-            .write_all(bytes)
-            .map_err(io("writing", path))?;
-        if std::mem::take(&mut self.fail_next_sync) {
-            return Err(StorageError::Io {
-                what: "syncing",
-                path: path.clone(),
-                source: std::io::Error::other("injected fdatasync failure"),
-            });
-        }
-        self.active.file.sync_data().map_err(io("syncing", path))?;
-        self.active.len += bytes.len() as u64;
-        Ok(())
+    /// The segment being written (not while a sync is in flight).
+    fn active(&mut self) -> Result<&mut Active, StorageError> {
+        self.active.as_mut().ok_or(StorageError::SyncInFlight)
     }
 
-    /// Writes every unsynced record: one write and one `fdatasync` per segment it lands in
-    /// (one, unless the group crosses the segment size).
-    fn write_unsynced(&mut self) -> Result<(), StorageError> {
-        let mut unsynced = std::mem::take(&mut self.unsynced);
-        let result = (|| {
-            let (bytes, starts) = unsynced.sealed();
-            let mut from = 0;
-            for (i, start) in starts.iter().enumerate() {
-                let end = starts.get(i + 1).copied().unwrap_or(bytes.len());
-                let before = self.active.len + (start - from) as u64;
-                let has_data = before > self.active.header_len;
-                if has_data && before + (end - start) as u64 > self.options.segment_bytes {
-                    self.write_and_sync(&bytes[from..*start])?;
-                    from = *start;
-                    self.active = Active::create(&self.dir, self.cluster_id, self.active.seq + 1)?;
-                }
-            }
-            self.write_and_sync(&bytes[from..])
-        })();
-        self.unsynced = unsynced;
-        if result.is_err() {
-            // What the failed write left in the page cache was never made durable and may
-            // never be: cut it, so that a restart without a reboot cannot read it back as if
-            // it were. (Best effort: the store stops either way, and a tail the cut misses is
-            // a torn write to recovery.)
-            let _ = self.active.file.set_len(self.active.len);
-            let _ = self.active.file.sync_all();
+    /// Starts a sync of every batch appended so far: the returned job does the write and the
+    /// `fdatasync` (on any thread, with [`SyncJob::run`]); [`FileStore::finish_sync`] then
+    /// makes the batches count as durable. Meanwhile the store takes appends, which the next
+    /// sync covers, but no other sync. `None` if there is nothing to sync.
+    ///
+    /// ```
+    /// # use raft_bft::persist::{PersistBatch, PersistOp};
+    /// # use raft_bft::types::{Digest, Term};
+    /// # use raft_bft_storage::{FileStore, Store};
+    /// # let dir = tempfile::TempDir::new().unwrap();
+    /// let mut store = FileStore::create(dir.path(), Digest([7; 32]))?;
+    /// store.append(&PersistBatch { id: 1, ops: vec![PersistOp::SeekTerm(Term(1))] })?;
+    /// let job = store.begin_sync()?.expect("batch 1 to sync");
+    /// let io = std::thread::spawn(move || job.run());
+    /// store.append(&PersistBatch { id: 2, ops: vec![PersistOp::SeekTerm(Term(2))] })?;
+    /// let done = io.join().expect("the sync thread");
+    /// assert_eq!(store.finish_sync(done)?, Some(1)); // batch 2 waits for the next sync
+    /// # Ok::<(), raft_bft_storage::StorageError>(())
+    /// ```
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, StorageError> {
+        self.check_running()?;
+        if self.in_flight.is_some() {
+            return Err(StorageError::SyncInFlight);
         }
-        result
+        if self.unsynced.is_empty() {
+            return Ok(None);
+        }
+        let active = self.active.take().ok_or(StorageError::SyncInFlight)?;
+        let (bytes, starts, batches) = self.unsynced.take();
+        self.in_flight = Some((batches, std::mem::take(&mut self.compaction_due)));
+        Ok(Some(SyncJob {
+            active,
+            bytes,
+            starts,
+            dir: self.dir.clone(),
+            cluster_id: self.cluster_id,
+            segment_bytes: self.options.segment_bytes,
+            fail: std::mem::take(&mut self.fail_next_sync),
+        }))
+    }
+
+    /// Ends the sync `done` reports on (the one [`FileStore::begin_sync`] started): its
+    /// batches are durable, and compaction runs if one of them asked for it. Returns the id of
+    /// the last batch durable. A failed sync stops the store.
+    pub fn finish_sync(&mut self, done: SyncDone) -> Result<Option<u64>, StorageError> {
+        let (batches, compaction_due) =
+            self.in_flight.take().ok_or(StorageError::NoSyncInFlight)?;
+        self.active = Some(done.active);
+        self.unsynced.reuse(done.buffer);
+        if let Err(e) = done.result {
+            return Err(self.stop(e));
+        }
+        for batch in batches {
+            self.last_durable = Some(batch.id);
+            self.durable.apply_batch(batch);
+        }
+        if compaction_due {
+            if let Err(e) = self.compact() {
+                return Err(self.stop(e));
+            }
+        }
+        Ok(self.last_durable)
     }
 
     /// Writes the durable state as the new base image and deletes the segments it covers.
@@ -332,9 +357,9 @@ impl FileStore {
             ))),
             _ => Ok(()),
         };
-        let next = self.active.seq + 1;
+        let next = self.active()?.seq + 1;
         // The new segment exists before the base image names it.
-        self.active = Active::create(&self.dir, self.cluster_id, next)?;
+        self.active = Some(Active::create(&self.dir, self.cluster_id, next)?);
         interrupted(1)?;
         let image = layout::base_image(self.cluster_id, next, &self.durable)?;
         layout::write_atomically(&self.dir, BASE, &image)?;
@@ -380,13 +405,13 @@ impl FileStore {
     /// what the sync writes (possibly ending mid-record) and nothing else.
     #[doc(hidden)]
     pub fn crash_during_sync(mut self, written: usize) -> Result<(), StorageError> {
-        let (bytes, _) = self.unsynced.sealed();
+        let (bytes, _, _) = self.unsynced.take();
         let written = written.min(bytes.len());
-        let path = self.active.path.clone();
-        self.active
+        let active = self.active()?;
+        active
             .file
             .write_all(&bytes[..written])
-            .map_err(io("writing", &path))
+            .map_err(io("writing", &active.path))
     }
 }
 
@@ -410,23 +435,10 @@ impl Store for FileStore {
     /// Also compacts, when a batch synced asks for it; if compaction fails, the batches are
     /// durable but the store stops and `sync` reports the failure.
     fn sync(&mut self) -> Result<Option<u64>, StorageError> {
-        self.check_running()?;
-        if self.unsynced.is_empty() {
-            return Ok(self.last_durable);
+        match self.begin_sync()? {
+            Some(job) => self.finish_sync(job.run()),
+            None => Ok(self.last_durable),
         }
-        if let Err(e) = self.write_unsynced() {
-            return Err(self.stop(e));
-        }
-        for batch in self.unsynced.take_batches() {
-            self.last_durable = Some(batch.id);
-            self.durable.apply_batch(batch);
-        }
-        if std::mem::take(&mut self.compaction_due) {
-            if let Err(e) = self.compact() {
-                return Err(self.stop(e));
-            }
-        }
-        Ok(self.last_durable)
     }
 
     fn load(&self) -> Result<DurableState, StorageError> {

@@ -1,0 +1,93 @@
+//! A sync as a job of its own: the write and `fdatasync` of one group commit, which may run on
+//! another thread while the store takes the next appends (so that encoding and checksumming
+//! the next group overlaps the disk's work on this one).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use raft_bft::types::Digest;
+
+use super::layout::io;
+use super::recovery::Active;
+use crate::StorageError;
+
+/// The write and `fdatasync` of the records appended before [`FileStore::begin_sync`]. Run it
+/// (on any thread) with [`SyncJob::run`], and hand what it returns to
+/// [`FileStore::finish_sync`].
+///
+/// [`FileStore::begin_sync`]: super::FileStore::begin_sync
+/// [`FileStore::finish_sync`]: super::FileStore::finish_sync
+#[derive(Debug)]
+pub struct SyncJob {
+    pub(super) active: Active,
+    pub(super) bytes: Vec<u8>,
+    pub(super) starts: Vec<usize>,
+    pub(super) dir: PathBuf,
+    pub(super) cluster_id: Digest,
+    pub(super) segment_bytes: u64,
+    /// Test hook: the `fdatasync` fails.
+    pub(super) fail: bool,
+}
+
+/// What a [`SyncJob`] did, for [`FileStore::finish_sync`](super::FileStore::finish_sync).
+#[derive(Debug)]
+pub struct SyncDone {
+    pub(super) active: Active,
+    pub(super) buffer: Vec<u8>,
+    pub(super) result: Result<(), StorageError>,
+}
+
+impl SyncJob {
+    /// Writes the records and syncs them: one write and one `fdatasync` per segment they land
+    /// in (one, unless the group crosses the segment size).
+    pub fn run(mut self) -> SyncDone {
+        let result = self.write_records();
+        if result.is_err() {
+            // What the failed write left in the page cache was never made durable and may
+            // never be: cut it, so that a restart without a reboot cannot read it back as if
+            // it were. (Best effort: the store stops either way, and a tail the cut misses is
+            // a torn write to recovery.)
+            let _ = self.active.file.set_len(self.active.len);
+            let _ = self.active.file.sync_all();
+        }
+        SyncDone {
+            active: self.active,
+            buffer: self.bytes,
+            result,
+        }
+    }
+
+    fn write_records(&mut self) -> Result<(), StorageError> {
+        let mut from = 0;
+        for (i, start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+            let before = self.active.len + (start - from) as u64;
+            let has_data = before > self.active.header_len;
+            if has_data && before + (end - start) as u64 > self.segment_bytes {
+                write_and_sync(&mut self.active, &self.bytes[from..*start], false)?;
+                from = *start;
+                self.active = Active::create(&self.dir, self.cluster_id, self.active.seq + 1)?;
+            }
+        }
+        write_and_sync(&mut self.active, &self.bytes[from..], self.fail)
+    }
+}
+
+/// Writes `bytes` at the end of the segment and syncs it.
+fn write_and_sync(active: &mut Active, bytes: &[u8], fail: bool) -> Result<(), StorageError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let path = &active.path;
+    active.file.write_all(bytes).map_err(io("writing", path))?;
+    if fail {
+        return Err(StorageError::Io {
+            what: "syncing",
+            path: path.clone(),
+            source: std::io::Error::other("injected fdatasync failure"),
+        });
+    }
+    active.file.sync_data().map_err(io("syncing", path))?;
+    active.len += bytes.len() as u64;
+    Ok(())
+}
