@@ -18,6 +18,15 @@ pub const MAX_BATCH_BYTES: usize = MAX_PAYLOAD - 5;
 /// count is filled in when the record is sealed.
 const ARRAY32: u8 = 0xdd;
 
+/// Finishes the group record at `start` holding `count` batches: fills in the count and the
+/// frame. `bytes` must end with that record.
+pub(super) fn seal_group_record(bytes: &mut Vec<u8>, start: usize, count: u32) {
+    let at = start + frame::HEADER;
+    bytes[at] = ARRAY32;
+    bytes[at + 1..at + 5].copy_from_slice(&count.to_be_bytes());
+    frame::seal(bytes, start);
+}
+
 /// Framed records waiting for a sync.
 #[derive(Debug, Default)]
 pub(super) struct Group {
@@ -92,11 +101,26 @@ impl Group {
     /// Finishes the open record: fills in its batch count and its frame.
     pub(super) fn seal(&mut self) {
         if let (Some(count), Some(start)) = (self.open.take(), self.starts.last().copied()) {
-            let at = start + frame::HEADER;
-            self.bytes[at] = ARRAY32;
-            self.bytes[at + 1..at + 5].copy_from_slice(&count.to_be_bytes());
-            frame::seal(&mut self.bytes, start);
+            seal_group_record(&mut self.bytes, start, count);
         }
+    }
+
+    /// Moves everything out like [`Group::take`], but leaves the last record open: whoever
+    /// writes the bytes seals it (checksum and whitening) with [`seal_group_record`] and the
+    /// returned `(start, count)`, on its own thread.
+    pub(super) fn take_unsealed(
+        &mut self,
+    ) -> (Vec<u8>, Vec<usize>, Vec<PersistBatch>, Option<(usize, u32)>) {
+        let open = match (self.open.take(), self.starts.last().copied()) {
+            (Some(count), Some(start)) => Some((start, count)),
+            _ => None,
+        };
+        (
+            std::mem::take(&mut self.bytes),
+            std::mem::take(&mut self.starts),
+            std::mem::take(&mut self.batches),
+            open,
+        )
     }
 
     /// The sealed bytes, and where each record starts.

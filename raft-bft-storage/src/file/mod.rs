@@ -308,12 +308,13 @@ impl FileStore {
             return Ok(None);
         }
         let active = self.active.take().ok_or(StorageError::SyncInFlight)?;
-        let (bytes, starts, batches) = self.unsynced.take();
+        let (bytes, starts, batches, open) = self.unsynced.take_unsealed();
         self.in_flight = Some((batches, std::mem::take(&mut self.compaction_due)));
         Ok(Some(SyncJob {
             active,
             bytes,
             starts,
+            open,
             dir: self.dir.clone(),
             cluster_id: self.cluster_id,
             segment_bytes: self.options.segment_bytes,

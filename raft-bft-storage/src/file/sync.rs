@@ -22,6 +22,8 @@ pub struct SyncJob {
     pub(super) active: Active,
     pub(super) bytes: Vec<u8>,
     pub(super) starts: Vec<usize>,
+    /// The last record, still to be sealed: its start and batch count.
+    pub(super) open: Option<(usize, u32)>,
     pub(super) dir: PathBuf,
     pub(super) cluster_id: Digest,
     pub(super) segment_bytes: u64,
@@ -41,6 +43,10 @@ impl SyncJob {
     /// Writes the records and syncs them: one write and one `fdatasync` per segment they land
     /// in (one, unless the group crosses the segment size).
     pub fn run(mut self) -> SyncDone {
+        // The checksum of the last record is computed here, off the caller's thread.
+        if let Some((start, count)) = self.open.take() {
+            super::group::seal_group_record(&mut self.bytes, start, count);
+        }
         let result = self.write_records();
         if result.is_err() {
             // What the failed write left in the page cache was never made durable and may
