@@ -27,6 +27,26 @@ pub(super) fn seal_group_record(bytes: &mut Vec<u8>, start: usize, count: u32) {
     frame::seal(bytes, start);
 }
 
+/// What [`Group::take`] moved out.
+#[derive(Debug)]
+pub(super) struct Taken {
+    pub(super) bytes: Vec<u8>,
+    /// Where each record starts in `bytes`.
+    pub(super) starts: Vec<usize>,
+    pub(super) batches: Vec<PersistBatch>,
+    /// The last record, still open: its start and batch count.
+    pub(super) open: Option<(usize, u32)>,
+}
+
+impl Taken {
+    /// Seals the last record (checksum and whitening).
+    pub(super) fn seal(&mut self) {
+        if let Some((start, count)) = self.open.take() {
+            seal_group_record(&mut self.bytes, start, count);
+        }
+    }
+}
+
 /// Framed records waiting for a sync.
 #[derive(Debug, Default)]
 pub(super) struct Group {
@@ -105,39 +125,25 @@ impl Group {
         }
     }
 
-    /// Moves everything out like [`Group::take`], but leaves the last record open: whoever
-    /// writes the bytes seals it (checksum and whitening) with [`seal_group_record`] and the
-    /// returned `(start, count)`, on its own thread.
-    pub(super) fn take_unsealed(
-        &mut self,
-    ) -> (Vec<u8>, Vec<usize>, Vec<PersistBatch>, Option<(usize, u32)>) {
-        let open = match (self.open.take(), self.starts.last().copied()) {
-            (Some(count), Some(start)) => Some((start, count)),
-            _ => None,
-        };
-        (
-            std::mem::take(&mut self.bytes),
-            std::mem::take(&mut self.starts),
-            std::mem::take(&mut self.batches),
-            open,
-        )
-    }
-
     /// The sealed bytes, and where each record starts.
     pub(super) fn sealed(&mut self) -> (&[u8], &[usize]) {
         self.seal();
         (&self.bytes, &self.starts)
     }
 
-    /// Seals the group and moves everything out (records, their starts, batches), leaving it
-    /// empty for the next appends.
-    pub(super) fn take(&mut self) -> (Vec<u8>, Vec<usize>, Vec<PersistBatch>) {
-        self.seal();
-        (
-            std::mem::take(&mut self.bytes),
-            std::mem::take(&mut self.starts),
-            std::mem::take(&mut self.batches),
-        )
+    /// Moves everything out, leaving the group empty for the next appends. The last record
+    /// stays open: whoever writes the bytes seals it ([`Taken::seal`]), on its own thread.
+    pub(super) fn take(&mut self) -> Taken {
+        let open = match (self.open.take(), self.starts.last().copied()) {
+            (Some(count), Some(start)) => Some((start, count)),
+            _ => None,
+        };
+        Taken {
+            bytes: std::mem::take(&mut self.bytes),
+            starts: std::mem::take(&mut self.starts),
+            batches: std::mem::take(&mut self.batches),
+            open,
+        }
     }
 
     /// Gives a written buffer back for reuse (its capacity), if the group has none yet.
@@ -168,8 +174,7 @@ mod tests {
         let read: Vec<PersistBatch> =
             codec::decode(&scan.records[0].1, MAX_PAYLOAD).expect("decode");
         assert_eq!(read, batches);
-        let (_, _, taken) = group.take();
-        assert_eq!(taken, batches);
+        assert_eq!(group.take().batches, batches);
         assert!(group.is_empty());
     }
 }

@@ -308,13 +308,12 @@ impl FileStore {
             return Ok(None);
         }
         let active = self.active.take().ok_or(StorageError::SyncInFlight)?;
-        let (bytes, starts, batches, open) = self.unsynced.take_unsealed();
+        let mut records = self.unsynced.take();
+        let batches = std::mem::take(&mut records.batches);
         self.in_flight = Some((batches, std::mem::take(&mut self.compaction_due)));
         Ok(Some(SyncJob {
             active,
-            bytes,
-            starts,
-            open,
+            records,
             dir: self.dir.clone(),
             cluster_id: self.cluster_id,
             segment_bytes: self.options.segment_bytes,
@@ -406,7 +405,9 @@ impl FileStore {
     /// what the sync writes (possibly ending mid-record) and nothing else.
     #[doc(hidden)]
     pub fn crash_during_sync(mut self, written: usize) -> Result<(), StorageError> {
-        let (bytes, _, _) = self.unsynced.take();
+        let mut records = self.unsynced.take();
+        records.seal();
+        let bytes = records.bytes;
         let written = written.min(bytes.len());
         let active = self.active()?;
         active

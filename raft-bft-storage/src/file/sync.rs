@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use raft_bft::types::Digest;
 
+use super::group::Taken;
 use super::layout::io;
 use super::recovery::Active;
 use crate::StorageError;
@@ -20,10 +21,7 @@ use crate::StorageError;
 #[derive(Debug)]
 pub struct SyncJob {
     pub(super) active: Active,
-    pub(super) bytes: Vec<u8>,
-    pub(super) starts: Vec<usize>,
-    /// The last record, still to be sealed: its start and batch count.
-    pub(super) open: Option<(usize, u32)>,
+    pub(super) records: Taken,
     pub(super) dir: PathBuf,
     pub(super) cluster_id: Digest,
     pub(super) segment_bytes: u64,
@@ -44,9 +42,7 @@ impl SyncJob {
     /// in (one, unless the group crosses the segment size).
     pub fn run(mut self) -> SyncDone {
         // The checksum of the last record is computed here, off the caller's thread.
-        if let Some((start, count)) = self.open.take() {
-            super::group::seal_group_record(&mut self.bytes, start, count);
-        }
+        self.records.seal();
         let result = self.write_records();
         if result.is_err() {
             // What the failed write left in the page cache was never made durable and may
@@ -58,24 +54,25 @@ impl SyncJob {
         }
         SyncDone {
             active: self.active,
-            buffer: self.bytes,
+            buffer: self.records.bytes,
             result,
         }
     }
 
     fn write_records(&mut self) -> Result<(), StorageError> {
+        let Taken { bytes, starts, .. } = &self.records;
         let mut from = 0;
-        for (i, start) in self.starts.iter().enumerate() {
-            let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+        for (i, start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(bytes.len());
             let before = self.active.len + (start - from) as u64;
             let has_data = before > self.active.header_len;
             if has_data && before + (end - start) as u64 > self.segment_bytes {
-                write_and_sync(&mut self.active, &self.bytes[from..*start], false)?;
+                write_and_sync(&mut self.active, &bytes[from..*start], false)?;
                 from = *start;
                 self.active = Active::create(&self.dir, self.cluster_id, self.active.seq + 1)?;
             }
         }
-        write_and_sync(&mut self.active, &self.bytes[from..], self.fail)
+        write_and_sync(&mut self.active, &bytes[from..], self.fail)
     }
 }
 
