@@ -1,15 +1,17 @@
 //! Durable storage for raft-bft replicas.
 //!
 //! A replica never writes anything itself: it hands its caller a
-//! [`PersistBatch`](raft_bft::persist::PersistBatch) and holds back every message that depends
+//! [`PersistBatch`] and holds back every message that depends
 //! on it until the caller confirms the batch durable. A [`Store`] is what the caller hands the
 //! batches to. It takes any number of them ([`Store::append`]) and makes all of them durable at
 //! once ([`Store::sync`], group commit). On start, [`Store::load`] gives back exactly what was
-//! synced, as a [`DurableState`](raft_bft::persist::DurableState) for
+//! synced, as a [`DurableState`] for
 //! [`Replica::new`](raft_bft::replica::Replica::new).
 //!
-//! [`MemStore`] keeps everything in memory (for tests and simulations) and can lose what was
-//! not synced, as a crash would. [`conformance`] is the suite every store must pass.
+//! [`FileStore`] keeps a segmented write-ahead log on disk and tells a torn write from
+//! corruption when it opens; [`MemStore`] keeps everything in memory (for tests and
+//! simulations) and can lose what was not synced, as a crash would. [`conformance`] is the
+//! suite every store must pass.
 //!
 //! ```
 //! use raft_bft::persist::{PersistBatch, PersistOp};

@@ -81,7 +81,9 @@ struct SnapshotBody {
     data: Vec<u8>,
 }
 
-/// A durable store in a directory of its own. See the [module docs](self) for the layout.
+/// A durable store in a directory of its own: log segments `wal-<seq>.log` (a header, then one
+/// checksummed record per group commit), a `base` image that compaction rewrites atomically,
+/// the newest `snapshot-<index>.snap`, and a `LOCK` held while the store is open.
 ///
 /// [`FileStore::create`] makes a new store in an empty (or missing) directory;
 /// [`FileStore::open`] opens an existing one and refuses a directory that holds none (a
