@@ -147,6 +147,15 @@ impl<S: StateMachine> Replica<S> {
         if *expected != key.public() {
             return Err(ReplicaError::WrongKey { id });
         }
+        if durable.compacted_below > Index(0) {
+            // Starting from a checkpoint (a compacted log plus a snapshot) comes with state
+            // transfer; until then a compacted state cannot be resumed.
+            return Err(ReplicaError::InconsistentLog {
+                index: durable.compacted_below,
+                why: "the log was compacted below this index, and this build cannot start \
+                      from a checkpoint",
+            });
+        }
         let cluster_id = *cluster.cluster_id();
         let mut replica = Replica {
             cluster_id,

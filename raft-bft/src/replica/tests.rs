@@ -964,3 +964,25 @@ fn a_leader_that_only_asks_for_entries_is_still_suspected() {
     }
     assert!(r.is_changing_term(), "the leader was never suspected");
 }
+
+#[test]
+fn a_compacted_durable_state_is_refused_until_checkpoints_exist() {
+    let f = Fixture::new(4);
+    let mut durable = DurableState::default();
+    durable.apply(PersistOp::CompactBelow(Index(10)));
+    let refused = Replica::new(
+        f.cluster.clone(),
+        ReplicaId(1),
+        f.keys[1].clone(),
+        Recorder::default(),
+        durable,
+        Time(0),
+    );
+    assert!(matches!(
+        refused,
+        Err(ReplicaError::InconsistentLog {
+            index: Index(10),
+            ..
+        })
+    ));
+}
