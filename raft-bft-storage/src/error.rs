@@ -121,6 +121,12 @@ pub enum StorageError {
     /// `begin_sync` while a sync is in flight (refused; the store goes on).
     #[error("a sync is in flight: finish it with FileStore::finish_sync before starting another")]
     SyncInFlight,
+    /// `finish_sync` with another store's sync, or an old one (refused; the store goes on).
+    #[error("finish_sync was given a sync this store did not begin, or not the one in flight")]
+    ForeignSync,
+    /// Options out of range.
+    #[error("bad store options: {0}")]
+    BadOptions(String),
     /// `finish_sync` with no sync in flight (refused; the store goes on).
     #[error("finish_sync was called with no sync in flight")]
     NoSyncInFlight,

@@ -11,8 +11,7 @@
 //!   client can put zeros in a transaction, but cannot make its payload equal a pad derived
 //!   from the payload's own hash). An all-zero sector in a record is then proof that the sector
 //!   was never written;
-//! - the final marker byte is non-zero, so a record whose last byte reads zero was never
-//!   written to the end, while a bit flip cannot zero it.
+//! - the final marker byte is non-zero, so a record's last sector is never all zero.
 //!
 //! Recovery rule. Only the end of the *last* segment can be torn: a crash interrupts at most the
 //! write after the last sync, which the replica never acknowledged. At the first record that
@@ -20,10 +19,12 @@
 //!
 //! - nothing after it is a valid record (a valid record after a damaged one means the damaged
 //!   one was written, and synced, before it);
-//! - the damage shows that something was never written: the header or the record is cut short
-//!   by the end of the file, the record's marker reads zero, everything after the length field
-//!   to the end of the file is zero, or a whole 512-byte sector in the tail is zero (page
-//!   writeback may leave holes in an interrupted write, in any order).
+//! - the damaged record itself shows space that was never written: it is cut short by the end
+//!   of the file, or a disk sector overlapping it reads all zero (its length field, for a
+//!   record whose length is unreadable), or its length field or everything after it reads
+//!   zero. Writes reach the disk in whole sectors, in any order when interrupted, and space
+//!   never written reads as zeros; a sector of written record bytes is never all zero
+//!   (whitening), and a bit flip cannot zero a sector.
 //!
 //! The torn tail is cut. Anything else is corruption, reported with the file and offset: a
 //! single bit flip anywhere, the last record included, is always corruption. In a sealed
@@ -130,9 +131,9 @@ enum Parsed {
     BadLength(&'static str),
     /// The length is good but the file ends before the record does.
     CutShort,
-    /// Whole, but the checksum or the marker is wrong. `marker` is the byte in its place.
+    /// Whole (`size` bytes), but the checksum or the marker is wrong.
     Damaged {
-        marker: u8,
+        size: usize,
     },
 }
 
@@ -157,19 +158,27 @@ fn parse(rest: &[u8]) -> Parsed {
     if rest.len() < size {
         return Parsed::CutShort;
     }
-    let marker = rest[size - 1];
     let mut check = [0u8; 32];
     check.copy_from_slice(&rest[8..HEADER]);
+    if rest[size - 1] != MARKER {
+        return Parsed::Damaged { size };
+    }
     let mut payload = rest[HEADER..HEADER + len].to_vec();
     whiten(&check, &mut payload);
-    if marker != MARKER || *blake3::hash(&payload).as_bytes() != check {
-        return Parsed::Damaged { marker };
+    if *blake3::hash(&payload).as_bytes() != check {
+        return Parsed::Damaged { size };
     }
     Parsed::Valid { payload, size }
 }
 
-/// Whether a valid record starts anywhere in `bytes` after offset `from`.
+/// At most this many bytes are checksummed looking for a valid record after damage (a crafted
+/// tail could otherwise make the search quadratic); past it the search answers "maybe", and
+/// the damage is treated as corruption.
+const SEARCH_BUDGET: usize = 256 << 20;
+
+/// Whether a valid record (maybe) starts anywhere in `bytes` after offset `from`.
 fn valid_record_after(bytes: &[u8], from: usize) -> bool {
+    let mut budget = SEARCH_BUDGET;
     (from + 1..bytes.len()).any(|at| {
         let rest = &bytes[at..];
         // Cheap filters first: a plausible length whose marker is in place.
@@ -181,21 +190,46 @@ fn valid_record_after(bytes: &[u8], from: usize) -> bool {
         };
         let len = len as usize;
         let end = HEADER + len + TRAILER;
-        len != 0
-            && len <= MAX_PAYLOAD
-            && rest.len() >= end
-            && rest[end - 1] == MARKER
-            && matches!(parse(rest), Parsed::Valid { .. })
+        if len == 0 || len > MAX_PAYLOAD || rest.len() < end || rest[end - 1] != MARKER {
+            return false;
+        }
+        if checked_len(rest).is_none() {
+            return false;
+        }
+        if budget < len {
+            return true;
+        }
+        budget -= len;
+        matches!(parse(rest), Parsed::Valid { .. })
     })
 }
 
-/// Whether `bytes[from..]` holds a whole, aligned, all-zero sector.
-fn zero_sector_after(bytes: &[u8], from: usize) -> bool {
-    let first = from.div_ceil(SECTOR) * SECTOR;
-    (first..bytes.len())
-        .step_by(SECTOR)
-        .filter(|s| s + SECTOR <= bytes.len())
-        .any(|s| bytes[s..s + SECTOR].iter().all(|b| *b == 0))
+/// Whether a disk sector overlapping `bytes[from..to]` reads all zero (up to the end of the
+/// file, for the last one): a sector that was never written. Sectors are aligned to file
+/// offsets; one that starts before `from` holds earlier bytes, which are never all zero.
+fn zero_sector_overlapping(bytes: &[u8], from: usize, to: usize) -> bool {
+    let first = from / SECTOR * SECTOR;
+    (first..to.min(bytes.len())).step_by(SECTOR).any(|s| {
+        let sector = &bytes[s..(s + SECTOR).min(bytes.len())];
+        sector.iter().all(|b| *b == 0)
+    })
+}
+
+/// Whether the damaged record at `at` shows space that was never written (see the module
+/// docs). Only evidence inside the damaged record counts: zeros elsewhere in the tail say
+/// nothing about it.
+fn shows_unwritten(bytes: &[u8], at: usize, parsed: &Parsed) -> bool {
+    let rest = &bytes[at..];
+    match parsed {
+        Parsed::Valid { .. } => false,
+        Parsed::HeaderCutShort | Parsed::CutShort => true,
+        Parsed::BadLength(_) => {
+            rest.get(..8).is_some_and(|l| l.iter().all(|b| *b == 0))
+                || rest.get(8..).is_some_and(|r| r.iter().all(|b| *b == 0))
+                || zero_sector_overlapping(bytes, at, at + 8)
+        }
+        Parsed::Damaged { size } => zero_sector_overlapping(bytes, at, at + size),
+    }
 }
 
 /// Scans the records of one segment (or single-record file). `last` says whether this is the
@@ -205,22 +239,22 @@ pub(crate) fn scan(bytes: &[u8], last: bool, path: &Path) -> Result<Scan, Storag
     let mut at = 0usize;
     while at < bytes.len() {
         let rest = &bytes[at..];
-        let (why, unwritten) = match parse(rest) {
-            Parsed::Valid { payload, size } => {
+        let parsed = parse(rest);
+        let why = match &parsed {
+            Parsed::Valid { .. } => {
+                let Parsed::Valid { payload, size } = parsed else {
+                    unreachable!("matched above")
+                };
                 records.push((at as u64, payload));
                 at += size;
                 continue;
             }
-            Parsed::HeaderCutShort => ("a record header is cut short", true),
-            Parsed::CutShort => ("a record is cut short", true),
-            Parsed::BadLength(why) => (why, false),
-            Parsed::Damaged { marker } => {
-                ("a record fails its checksum or end marker", marker == 0)
-            }
+            Parsed::HeaderCutShort => "a record header is cut short",
+            Parsed::CutShort => "a record is cut short",
+            Parsed::BadLength(why) => why,
+            Parsed::Damaged { .. } => "a record fails its checksum or end marker",
         };
-        let unwritten = unwritten
-            || rest.get(8..).is_none_or(|r| r.iter().all(|b| *b == 0))
-            || zero_sector_after(bytes, at);
+        let unwritten = shows_unwritten(bytes, at, &parsed);
         if last && unwritten && !valid_record_after(bytes, at) {
             return Ok(Scan {
                 records,
@@ -278,7 +312,7 @@ mod tests {
     fn stored_payloads_are_whitened() {
         // A payload of zeros is not stored as zeros: an all-zero sector is never written.
         let (bytes, _) = segment(&[&[0u8; 8192]]);
-        assert!(!zero_sector_after(&bytes, 0));
+        assert!(!zero_sector_overlapping(&bytes, 0, bytes.len()));
     }
 
     #[test]
@@ -301,18 +335,51 @@ mod tests {
     }
 
     #[test]
-    fn a_record_written_in_part_then_zeros_is_torn_at_every_offset() {
+    fn a_record_written_up_to_any_sector_then_zeros_is_torn() {
         let (bytes, starts) = segment(&[b"kept", &[7u8; 3000]]);
         let last = starts[1];
-        for written in last..bytes.len() {
+        // The write's first sector lost (the previous record's tail stays), or its sectors
+        // written up to some boundary and the rest not; the file system allocated the space.
+        let boundaries = (last / SECTOR + 1..=bytes.len() / SECTOR).map(|k| k * SECTOR);
+        for written in std::iter::once(last).chain(boundaries) {
             let mut torn = bytes.clone();
-            torn[written..].iter_mut().for_each(|b| *b = 0);
-            torn.extend_from_slice(&[0; 700]); // allocated, never written
+            let from = if written == last { last } else { written };
+            let to = if written == last {
+                (last / SECTOR + 1) * SECTOR
+            } else {
+                torn.len()
+            };
+            torn[from..to].iter_mut().for_each(|b| *b = 0);
+            torn.extend_from_slice(&[0; 700]);
             let scan = scan(&torn, true, path()).unwrap();
             assert!(scan.torn, "written up to {written}");
             assert_eq!(scan.records.len(), 1, "written up to {written}");
             assert_eq!(scan.valid_len, last as u64);
         }
+    }
+
+    #[test]
+    fn zeros_outside_the_damaged_record_are_no_evidence() {
+        // A bit flip in the last acknowledged record, then a crash that left a zero sector in
+        // the next (never acknowledged) write: the flip is corruption all the same.
+        let (mut bytes, starts) = segment(&[b"kept", &[5u8; 1000], &[6u8; 3000]]);
+        bytes[starts[1] + 100] ^= 1;
+        let third = starts[2];
+        let sector = (third / SECTOR + 1) * SECTOR;
+        bytes[sector..sector + SECTOR]
+            .iter_mut()
+            .for_each(|b| *b = 0);
+        assert!(is_corrupt_at(scan(&bytes, true, path()), starts[1]));
+        // A sector of garbage over the end of the last record, with a zero where the marker
+        // was: not all zero, so not unwritten.
+        let (mut bytes, starts) = segment(&[b"kept", &[5u8; 3000]]);
+        let end = bytes.len();
+        let sector = (end - 1) / SECTOR * SECTOR;
+        for (i, b) in bytes[sector..end].iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        bytes[end - 1] = 0;
+        assert!(is_corrupt_at(scan(&bytes, true, path()), starts[1]));
     }
 
     #[test]

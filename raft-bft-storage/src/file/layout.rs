@@ -53,22 +53,38 @@ impl Kind {
 }
 
 /// The first record of every file. `number` is the segment's sequence number, the base image's
-/// first segment to replay, or the snapshot's index.
+/// first segment to replay, or the snapshot's index. `previous_len` chains a segment to the one
+/// before it: that segment's length when it was sealed (0 if none), so that a sealed segment
+/// cut at a record boundary is noticed.
 #[derive(Serialize, Deserialize)]
 struct FileHeader {
     magic: u64,
     version: u32,
     cluster_id: Digest,
     number: u64,
+    previous_len: u64,
+}
+
+/// What a file's header says.
+pub(super) struct HeaderFields {
+    pub(super) number: u64,
+    pub(super) previous_len: u64,
 }
 
 /// A header record for a file of `kind`.
-pub(super) fn header(kind: Kind, cluster_id: Digest, number: u64, out: &mut Vec<u8>) {
+pub(super) fn header(
+    kind: Kind,
+    cluster_id: Digest,
+    number: u64,
+    previous_len: u64,
+    out: &mut Vec<u8>,
+) {
     let header = FileHeader {
         magic: kind.magic(),
         version: FORMAT_VERSION,
         cluster_id,
         number,
+        previous_len,
     };
     frame_value(&header, out).expect("a file header always encodes and fits a record");
 }
@@ -81,7 +97,7 @@ pub(super) fn check_header(
     offset: u64,
     path: &Path,
     cluster_id: Digest,
-) -> Result<u64, StorageError> {
+) -> Result<HeaderFields, StorageError> {
     let header: FileHeader = codec::decode(payload, MAX_PAYLOAD)
         .map_err(|e| corrupt(path, offset, format!("{} header: {e}", kind.name())))?;
     if header.magic != kind.magic() {
@@ -101,7 +117,10 @@ pub(super) fn check_header(
             found: header.cluster_id,
         });
     }
-    Ok(header.number)
+    Ok(HeaderFields {
+        number: header.number,
+        previous_len: header.previous_len,
+    })
 }
 
 /// Appends one record holding `value`.
@@ -179,7 +198,9 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(io("syncing directory", dir))
 }
 
-/// Creates `dir` and any missing parents, each durably (its entry in its parent synced).
+/// Creates `dir` and any missing parents, each durably: the directory holding each new entry
+/// is synced, and so is `dir`'s parent even if `dir` existed (it may have been created by a run
+/// that crashed before syncing it).
 pub(super) fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
     let mut missing: Vec<PathBuf> = Vec::new();
     let mut at = Some(dir);
@@ -192,16 +213,22 @@ pub(super) fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
     }
     for d in missing.iter().rev() {
         fs::create_dir(d).map_err(io("creating directory", d))?;
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        sync_dir(&parent_of(d))?;
     }
-    Ok(())
+    sync_dir(&parent_of(dir))
+}
+
+/// The directory holding `path` (`.` for a relative path of one component).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Reads a whole file, refusing one larger than any this store writes.
 pub(super) fn read_bounded(path: &Path) -> Result<Vec<u8>, StorageError> {
-    let mut file = File::open(path).map_err(io("opening", path))?;
+    let file = File::open(path).map_err(io("opening", path))?;
     let len = file
         .metadata()
         .map_err(io("reading the size of", path))?
@@ -214,7 +241,10 @@ pub(super) fn read_bounded(path: &Path) -> Result<Vec<u8>, StorageError> {
         ));
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut bytes).map_err(io("reading", path))?;
+    // The file may grow while it is read; never read past the bound.
+    file.take(MAX_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io("reading", path))?;
     Ok(bytes)
 }
 
@@ -270,7 +300,7 @@ pub(super) fn base_image(
     state: &DurableState,
 ) -> Result<Vec<u8>, StorageError> {
     let mut out = Vec::new();
-    header(Kind::Base, cluster_id, next_segment, &mut out);
+    header(Kind::Base, cluster_id, next_segment, 0, &mut out);
     let ops = rebuild_ops(state);
     let mut chunk: Vec<&PersistOp> = Vec::new();
     let mut chunk_bytes = 0usize;
@@ -311,7 +341,7 @@ pub(super) fn read_base_image(
     let Some((offset, payload)) = records.next() else {
         return Err(corrupt(path, 0, "an empty base image"));
     };
-    let next_segment = check_header(Kind::Base, payload, *offset, path, cluster_id)?;
+    let next_segment = check_header(Kind::Base, payload, *offset, path, cluster_id)?.number;
     let mut state = DurableState::default();
     for (offset, payload) in records {
         let ops: Vec<PersistOp> = decode_record(payload, *offset, path, "base image operations")?;

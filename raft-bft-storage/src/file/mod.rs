@@ -117,8 +117,12 @@ pub struct FileStore {
     durable: DurableState,
     /// The segment being written (with the sync job while one is in flight).
     active: Option<Active>,
-    /// The batches of the sync in flight, and whether one of them asks for compaction.
-    in_flight: Option<(Vec<PersistBatch>, bool)>,
+    /// The sync in flight, if any.
+    in_flight: Option<InFlight>,
+    /// This store instance (tells its sync jobs from another store's).
+    instance: u64,
+    /// Syncs begun so far.
+    syncs_begun: u64,
     /// The oldest segment still on disk.
     oldest_seq: u64,
     /// The newest snapshot's index.
@@ -132,6 +136,31 @@ pub struct FileStore {
     /// Test hook: the next compaction fails after this many of its steps.
     interrupt_compaction_after: Option<u8>,
     recovery: Recovery,
+}
+
+/// A sync begun and not finished.
+#[derive(Debug)]
+struct InFlight {
+    token: (u64, u64),
+    batches: Vec<PersistBatch>,
+    compaction_due: bool,
+}
+
+/// Numbers store instances, so that a sync job is only ever finished by its own store.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Segments larger than this are refused as an option (a file must stay readable, see
+/// `layout::MAX_FILE_BYTES`).
+const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+fn check_options(options: &FileOptions) -> Result<(), StorageError> {
+    if options.segment_bytes < 512 || options.segment_bytes > MAX_SEGMENT_BYTES {
+        return Err(StorageError::BadOptions(format!(
+            "segment_bytes is {}; it must be in 512..={MAX_SEGMENT_BYTES}",
+            options.segment_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// Takes the directory's lock. A lock held by a process that is exiting, or by a child
@@ -177,13 +206,14 @@ impl FileStore {
         cluster_id: Digest,
         options: FileOptions,
     ) -> Result<Self, StorageError> {
+        check_options(&options)?;
         let dir = dir.as_ref().to_path_buf();
         layout::create_dir_durably(&dir)?;
         let lock = lock(&dir)?;
         if recovery::holds_a_store(&dir)? {
             return Err(StorageError::AlreadyExists { path: dir });
         }
-        let active = Active::create(&dir, cluster_id, 0)?;
+        let active = Active::create(&dir, cluster_id, 0, 0)?;
         Ok(Self::assemble(
             dir,
             cluster_id,
@@ -217,6 +247,7 @@ impl FileStore {
         cluster_id: Digest,
         options: FileOptions,
     ) -> Result<Self, StorageError> {
+        check_options(&options)?;
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
             return Err(StorageError::NoStore { path: dir });
@@ -241,6 +272,8 @@ impl FileStore {
             durable: opened.durable,
             active: Some(opened.active),
             in_flight: None,
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            syncs_begun: 0,
             oldest_seq: opened.oldest_seq,
             snapshot: opened.snapshot,
             unsynced: Group::default(),
@@ -309,11 +342,26 @@ impl FileStore {
         if self.unsynced.is_empty() {
             return Ok(None);
         }
+        let lock = self
+            ._lock
+            .try_clone()
+            .map_err(io("sharing the lock", &self.dir));
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(e) => return Err(self.stop(e)),
+        };
         let active = self.active.take().ok_or(StorageError::SyncInFlight)?;
         let mut records = self.unsynced.take();
-        let batches = std::mem::take(&mut records.batches);
-        self.in_flight = Some((batches, std::mem::take(&mut self.compaction_due)));
+        self.syncs_begun += 1;
+        let token = (self.instance, self.syncs_begun);
+        self.in_flight = Some(InFlight {
+            token,
+            batches: std::mem::take(&mut records.batches),
+            compaction_due: std::mem::take(&mut self.compaction_due),
+        });
         Ok(Some(SyncJob {
+            token,
+            lock,
             active,
             records,
             dir: self.dir.clone(),
@@ -327,23 +375,40 @@ impl FileStore {
     /// batches are durable, and compaction runs if one of them asked for it. Returns the id of
     /// the last batch durable. A failed sync stops the store.
     pub fn finish_sync(&mut self, done: SyncDone) -> Result<Option<u64>, StorageError> {
-        let (batches, compaction_due) =
-            self.in_flight.take().ok_or(StorageError::NoSyncInFlight)?;
+        match &self.in_flight {
+            None => return Err(StorageError::NoSyncInFlight),
+            Some(f) if f.token != done.token => return Err(StorageError::ForeignSync),
+            Some(_) => {}
+        }
+        let Some(in_flight) = self.in_flight.take() else {
+            return Err(StorageError::NoSyncInFlight);
+        };
         self.active = Some(done.active);
         self.unsynced.reuse(done.buffer);
-        if let Err(e) = done.result {
-            return Err(self.stop(e));
-        }
-        for batch in batches {
+        done.result.map_err(|e| self.stop(e))?;
+        // Stopped meanwhile (a snapshot save failed): durable or not, acknowledge nothing.
+        self.check_running()?;
+        for batch in in_flight.batches {
             self.last_durable = Some(batch.id);
             self.durable.apply_batch(batch);
         }
-        if compaction_due {
+        if in_flight.compaction_due {
             if let Err(e) = self.compact() {
                 return Err(self.stop(e));
             }
         }
         Ok(self.last_durable)
+    }
+
+    /// Gives up on the sync in flight when its job was lost (dropped, or its thread panicked):
+    /// what reached the disk is unknown, so the store stops. Returns the error it stopped with.
+    pub fn abandon_sync(&mut self) -> StorageError {
+        self.in_flight = None;
+        self.stop(StorageError::Stopped(
+            "a sync job was lost before it finished: what reached the disk is unknown; reopen \
+             the store"
+                .into(),
+        ))
     }
 
     /// Writes the durable state as the new base image and deletes the segments it covers.
@@ -359,11 +424,25 @@ impl FileStore {
             ))),
             _ => Ok(()),
         };
-        let next = self.active()?.seq + 1;
+        let previous = self.active()?;
+        let (next, previous_len) = (previous.seq + 1, previous.len);
         // The new segment exists before the base image names it.
-        self.active = Some(Active::create(&self.dir, self.cluster_id, next)?);
+        self.active = Some(Active::create(
+            &self.dir,
+            self.cluster_id,
+            next,
+            previous_len,
+        )?);
         interrupted(1)?;
         let image = layout::base_image(self.cluster_id, next, &self.durable)?;
+        if image.len() as u64 > layout::MAX_FILE_BYTES {
+            // Written, it could not be read back: refuse now, with the old image in place.
+            return Err(StorageError::TooLarge {
+                what: "base image",
+                bytes: image.len(),
+                limit: layout::MAX_FILE_BYTES as usize,
+            });
+        }
         layout::write_atomically(&self.dir, BASE, &image)?;
         interrupted(2)?;
         for seq in self.oldest_seq..next {
@@ -465,6 +544,7 @@ impl Store for FileStore {
             Kind::Snapshot,
             self.cluster_id,
             snapshot.index.0,
+            0,
             &mut bytes,
         );
         let body = SnapshotBody {
@@ -508,7 +588,8 @@ impl Store for FileStore {
             return Err(corrupt(&path, 0, "a snapshot is a header and a body"));
         };
         let number =
-            layout::check_header(Kind::Snapshot, header, *header_at, &path, self.cluster_id)?;
+            layout::check_header(Kind::Snapshot, header, *header_at, &path, self.cluster_id)?
+                .number;
         if number != index.0 {
             return Err(corrupt(&path, 0, "the snapshot names another index"));
         }
@@ -560,6 +641,7 @@ mod tests {
             version: layout::FORMAT_VERSION + 1,
             cluster_id: CLUSTER,
             number: 0,
+            previous_len: 0,
         };
         layout::frame_value(&header, &mut bytes).expect("frame");
         let dir = tempfile::TempDir::new().expect("temporary directory");
@@ -576,6 +658,7 @@ mod tests {
         version: u32,
         cluster_id: Digest,
         number: u64,
+        previous_len: u64,
     }
 
     #[test]
@@ -583,7 +666,7 @@ mod tests {
         let dir = tempfile::TempDir::new().expect("temporary directory");
         for seq in [u64::MAX, u64::MAX / 2 + 1] {
             let mut bytes = Vec::new();
-            layout::header(Kind::Segment, CLUSTER, seq, &mut bytes);
+            layout::header(Kind::Segment, CLUSTER, seq, 0, &mut bytes);
             let path = dir.path().join(segment_name(seq));
             fs::write(&path, &bytes).expect("write");
             assert!(matches!(
@@ -598,7 +681,7 @@ mod tests {
     fn a_missing_base_image_is_named_as_such() {
         let dir = tempfile::TempDir::new().expect("temporary directory");
         let mut bytes = Vec::new();
-        layout::header(Kind::Segment, CLUSTER, 3, &mut bytes);
+        layout::header(Kind::Segment, CLUSTER, 3, 0, &mut bytes);
         fs::write(dir.path().join(segment_name(3)), &bytes).expect("write");
         match FileStore::open(dir.path(), CLUSTER) {
             Err(StorageError::Corrupt { path, why, .. }) => {

@@ -35,7 +35,12 @@ pub(super) struct Active {
 impl Active {
     /// A new, empty segment with its header, durable (file and directory entry). An existing
     /// file of that name (a segment whose creation a crash interrupted) is overwritten.
-    pub(super) fn create(dir: &Path, cluster_id: Digest, seq: u64) -> Result<Active, StorageError> {
+    pub(super) fn create(
+        dir: &Path,
+        cluster_id: Digest,
+        seq: u64,
+        previous_len: u64,
+    ) -> Result<Active, StorageError> {
         if seq > MAX_SEQ {
             return Err(corrupt(
                 &dir.join(segment_name(seq)),
@@ -45,7 +50,7 @@ impl Active {
         }
         let path = dir.join(segment_name(seq));
         let mut header = Vec::new();
-        layout::header(Kind::Segment, cluster_id, seq, &mut header);
+        layout::header(Kind::Segment, cluster_id, seq, previous_len, &mut header);
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -113,7 +118,7 @@ pub(super) struct Opened {
 
 /// Recovers the store in `dir` (which the caller has locked).
 pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageError> {
-    let mut listing = list(dir)?;
+    let listing = list(dir)?;
     if !listing.has_base && listing.segments.is_empty() {
         return Err(StorageError::NoStore {
             path: dir.to_path_buf(),
@@ -125,30 +130,33 @@ pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageErro
     } else {
         (0, DurableState::default())
     };
-    if next_segment > MAX_SEQ || listing.segments.last().is_some_and(|s| *s > MAX_SEQ) {
+    if next_segment > MAX_SEQ {
         return Err(corrupt(&base_path, 0, "segment number out of range"));
     }
-    // Segments a finished compaction had yet to delete.
-    for seq in listing.segments.iter().filter(|s| **s < next_segment) {
-        let path = dir.join(segment_name(*seq));
-        fs::remove_file(&path).map_err(io("removing compacted segment", &path))?;
+    if let Some(seq) = listing.segments.last().filter(|s| **s > MAX_SEQ) {
+        return Err(corrupt(
+            &dir.join(segment_name(*seq)),
+            0,
+            "segment number out of range",
+        ));
     }
-    listing.segments.retain(|s| *s >= next_segment);
-    let expected_first = next_segment;
-    match listing.segments.first() {
-        Some(first) if *first != expected_first && !listing.has_base => {
+    // Segments a finished compaction had yet to delete (deleted once the rest checks out).
+    let (stale, live): (Vec<u64>, Vec<u64>) =
+        listing.segments.iter().partition(|s| **s < next_segment);
+    match live.first() {
+        Some(first) if *first != next_segment && !listing.has_base => {
             return Err(corrupt(
                 &base_path,
                 0,
                 format!("the base image is missing (the log starts at segment {first})"),
             ));
         }
-        Some(first) if *first != expected_first => {
-            let path = dir.join(segment_name(expected_first));
+        Some(first) if *first != next_segment => {
+            let path = dir.join(segment_name(next_segment));
             return Err(corrupt(&path, 0, "this segment is missing"));
         }
         None => {
-            let path = dir.join(segment_name(expected_first));
+            let path = dir.join(segment_name(next_segment));
             return Err(corrupt(
                 &path,
                 0,
@@ -157,17 +165,23 @@ pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageErro
         }
         Some(_) => {}
     }
-    for pair in listing.segments.windows(2) {
+    for pair in live.windows(2) {
         if pair[1] != pair[0] + 1 {
             let path = dir.join(segment_name(pair[0] + 1));
             return Err(corrupt(&path, 0, "this segment is missing"));
         }
     }
+    for seq in stale {
+        let path = dir.join(segment_name(seq));
+        fs::remove_file(&path).map_err(io("removing compacted segment", &path))?;
+    }
 
     let mut recovery = Recovery::default();
     let mut active = None;
-    for (i, seq) in listing.segments.iter().enumerate() {
-        let last = i + 1 == listing.segments.len();
+    // The previous segment read, and its length (checked against the next one's header).
+    let mut previous: Option<(std::path::PathBuf, u64)> = None;
+    for (i, seq) in live.iter().enumerate() {
+        let last = i + 1 == live.len();
         let path = dir.join(segment_name(*seq));
         let bytes = layout::read_bounded(&path)?;
         let scan = frame::scan(&bytes, last, &path)?;
@@ -175,18 +189,33 @@ pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageErro
         let mut records = scan.records.iter();
         match records.next() {
             Some((offset, payload)) => {
-                let number = check_header(Kind::Segment, payload, *offset, &path, cluster_id)?;
-                if number != *seq {
+                let header = check_header(Kind::Segment, payload, *offset, &path, cluster_id)?;
+                if header.number != *seq {
                     return Err(corrupt(&path, 0, "the header names another segment"));
                 }
+                if let Some((previous_path, previous_len)) = &previous {
+                    if header.previous_len != *previous_len {
+                        return Err(corrupt(
+                            previous_path,
+                            (*previous_len).min(header.previous_len),
+                            format!(
+                                "the segment is {previous_len} bytes long, but it was {} when \
+                                 it was sealed",
+                                header.previous_len
+                            ),
+                        ));
+                    }
+                }
             }
-            // Only the newest segment can lack a header (scan refuses it elsewhere): a crash
-            // while it was being created. It holds nothing; it is written again in place.
-            None => {
+            // Only the newest segment can lack a header: a crash while it was being created.
+            // It holds nothing; it is written again in place.
+            None if last => {
                 recovery.torn_bytes_cut += bytes.len() as u64;
-                active = Some(Active::create(dir, cluster_id, *seq)?);
+                let previous_len = previous.as_ref().map_or(0, |(_, len)| *len);
+                active = Some(Active::create(dir, cluster_id, *seq, previous_len)?);
                 continue;
             }
+            None => return Err(corrupt(&path, 0, "a sealed segment without a header")),
         }
         let header_len = scan.records[0].1.len() as u64 + (frame::HEADER + frame::TRAILER) as u64;
         for (offset, payload) in records {
@@ -196,6 +225,9 @@ pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageErro
                 durable.apply_batch(batch);
                 recovery.batches += 1;
             }
+        }
+        if !last {
+            previous = Some((path.clone(), bytes.len() as u64));
         }
         if last {
             let mut file = OpenOptions::new()
@@ -207,8 +239,11 @@ pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageErro
                 recovery.torn_bytes_cut += bytes.len() as u64 - scan.valid_len;
                 file.set_len(scan.valid_len)
                     .map_err(io("cutting the torn tail of", &path))?;
-                file.sync_all().map_err(io("syncing", &path))?;
             }
+            // What a crashed process wrote but never synced may still be in the page cache and
+            // was read as if durable: make it so before anyone acts on it.
+            file.sync_all().map_err(io("syncing", &path))?;
+            layout::sync_dir(dir)?;
             file.seek(SeekFrom::Start(scan.valid_len))
                 .map_err(io("seeking in", &path))?;
             active = Some(Active {
@@ -222,7 +257,7 @@ pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageErro
     }
     let active = match active {
         Some(active) => active,
-        None => Active::create(dir, cluster_id, next_segment)?,
+        None => Active::create(dir, cluster_id, next_segment, 0)?,
     };
     // Snapshots older than the newest are left over from a crash during a save.
     let snapshot = listing.snapshots.last().map(|i| Index(*i));

@@ -2,6 +2,7 @@
 //! another thread while the store takes the next appends (so that encoding and checksumming
 //! the next group overlaps the disk's work on this one).
 
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,6 +21,11 @@ use crate::StorageError;
 /// [`FileStore::finish_sync`]: super::FileStore::finish_sync
 #[derive(Debug)]
 pub struct SyncJob {
+    /// Which store and which of its syncs this is.
+    pub(super) token: (u64, u64),
+    /// A handle on the directory's lock: while the job (or what it returns) exists, no other
+    /// store can open the directory and write where the job writes.
+    pub(super) lock: File,
     pub(super) active: Active,
     pub(super) records: Taken,
     pub(super) dir: PathBuf,
@@ -32,6 +38,9 @@ pub struct SyncJob {
 /// What a [`SyncJob`] did, for [`FileStore::finish_sync`](super::FileStore::finish_sync).
 #[derive(Debug)]
 pub struct SyncDone {
+    pub(super) token: (u64, u64),
+    /// Held until the store takes the result back.
+    pub(super) _lock: File,
     pub(super) active: Active,
     pub(super) buffer: Vec<u8>,
     pub(super) result: Result<(), StorageError>,
@@ -53,26 +62,35 @@ impl SyncJob {
             let _ = self.active.file.sync_all();
         }
         SyncDone {
+            token: self.token,
+            _lock: self.lock,
             active: self.active,
             buffer: self.records.bytes,
             result,
         }
     }
 
+    /// One write and one `fdatasync` per record: normally a group is one record; a group
+    /// split into several is synced record by record, so that a crash can tear only the last
+    /// one written (recovery takes damage followed by a valid record for corruption).
     fn write_records(&mut self) -> Result<(), StorageError> {
         let Taken { bytes, starts, .. } = &self.records;
-        let mut from = 0;
         for (i, start) in starts.iter().enumerate() {
             let end = starts.get(i + 1).copied().unwrap_or(bytes.len());
-            let before = self.active.len + (start - from) as u64;
-            let has_data = before > self.active.header_len;
-            if has_data && before + (end - start) as u64 > self.segment_bytes {
-                write_and_sync(&mut self.active, &bytes[from..*start], false)?;
-                from = *start;
-                self.active = Active::create(&self.dir, self.cluster_id, self.active.seq + 1)?;
+            let has_data = self.active.len > self.active.header_len;
+            if has_data && self.active.len + (end - start) as u64 > self.segment_bytes {
+                let previous_len = self.active.len;
+                self.active = Active::create(
+                    &self.dir,
+                    self.cluster_id,
+                    self.active.seq + 1,
+                    previous_len,
+                )?;
             }
+            let fail = self.fail && i + 1 == starts.len();
+            write_and_sync(&mut self.active, &bytes[*start..end], fail)?;
         }
-        write_and_sync(&mut self.active, &bytes[from..], self.fail)
+        Ok(())
     }
 }
 
