@@ -40,6 +40,14 @@
 //!     fn digest(&self) -> Digest {
 //!         Digest(*blake3::hash(&self.0.to_le_bytes()).as_bytes())
 //!     }
+//!     fn snapshot(&self) -> Vec<u8> {
+//!         self.0.to_le_bytes().to_vec()
+//!     }
+//!     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+//!         let bytes: [u8; 8] = snapshot.try_into().map_err(|_| "expected 8 bytes".to_string())?;
+//!         self.0 = u64::from_le_bytes(bytes);
+//!         Ok(())
+//!     }
 //! }
 //!
 //! let keys: Vec<KeyPair> = (1..=4).map(|i| KeyPair::from_seed([i; 32])).collect();

@@ -25,6 +25,14 @@ use crate::types::{ClientId, Digest};
 ///     fn digest(&self) -> Digest {
 ///         Digest(*blake3::hash(&self.0.to_le_bytes()).as_bytes())
 ///     }
+///     fn snapshot(&self) -> Vec<u8> {
+///         self.0.to_le_bytes().to_vec()
+///     }
+///     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+///         let bytes: [u8; 8] = snapshot.try_into().map_err(|_| "expected 8 bytes".to_string())?;
+///         self.0 = u64::from_le_bytes(bytes);
+///         Ok(())
+///     }
 /// }
 /// ```
 pub trait StateMachine {
@@ -43,4 +51,13 @@ pub trait StateMachine {
     /// A digest of the whole state. Called once per executed entry, so it must be cheap
     /// (maintain it incrementally).
     fn digest(&self) -> Digest;
+
+    /// The whole state, encoded: what a checkpoint stores and a replica that fell behind
+    /// restores from. Restoring it must give a state with the same [`StateMachine::digest`].
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with one that [`StateMachine::snapshot`] produced. The bytes
+    /// come from a peer (their digest is checked against a certificate first, but a peer may
+    /// still lie): decode them without panicking, and refuse what does not decode.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
 }

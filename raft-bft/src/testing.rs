@@ -83,4 +83,13 @@ impl crate::state_machine::StateMachine for Recorder {
         }
         Digest(*hasher.finalize().as_bytes())
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        crate::codec::encode(&self.0).expect("a list of byte strings always encodes")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.0 = crate::codec::decode(snapshot, snapshot.len()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }

@@ -461,6 +461,12 @@ impl StateMachine for Skewed {
         }
         d
     }
+    fn snapshot(&self) -> Vec<u8> {
+        self.kv.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.kv.restore(snapshot)
+    }
 }
 
 struct SkewedWorkload {
@@ -516,6 +522,12 @@ impl StateMachine for Stutter {
     }
     fn digest(&self) -> Digest {
         self.kv.digest()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.kv.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.kv.restore(snapshot)
     }
 }
 
@@ -574,6 +586,12 @@ impl StateMachine for Split {
     }
     fn digest(&self) -> Digest {
         self.kv.digest()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.kv.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.kv.restore(snapshot)
     }
 }
 

@@ -28,6 +28,14 @@ use super::SimRng;
 ///     fn digest(&self) -> Digest {
 ///         Digest(*blake3::hash(&self.0.to_le_bytes()).as_bytes())
 ///     }
+///     fn snapshot(&self) -> Vec<u8> {
+///         self.0.to_le_bytes().to_vec()
+///     }
+///     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+///         let bytes: [u8; 8] = snapshot.try_into().map_err(|_| "expected 8 bytes".to_string())?;
+///         self.0 = u64::from_le_bytes(bytes);
+///         Ok(())
+///     }
 /// }
 ///
 /// struct SumWorkload;
