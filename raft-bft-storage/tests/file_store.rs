@@ -124,13 +124,7 @@ fn bit_flips_in_committed_records_are_refused_with_the_file_and_offset() {
 
 #[test]
 fn the_corruption_error_tells_the_operator_what_to_do() {
-    let dir = TempDir::new().expect("temporary directory");
-    let mut store = FileStore::create(dir.path(), CLUSTER).expect("create");
-    for id in 1..=3 {
-        store.append(&sample_batch(id)).expect("append");
-        store.sync().expect("sync");
-    }
-    drop(store);
+    let dir = synced_store(64 << 20, 3);
     let segment = dir.path().join(segments(dir.path()).remove(0));
     let mut bytes = fs::read(&segment).expect("read");
     let (second, _) = records(&bytes)[2];
@@ -227,13 +221,7 @@ fn a_crash_at_any_step_of_a_compaction_opens_to_the_same_state() {
 
 #[test]
 fn a_missing_segment_is_corruption() {
-    let dir = TempDir::new().expect("temporary directory");
-    let mut store = FileStore::create_with(dir.path(), CLUSTER, options(600)).expect("create");
-    for id in 1..=12 {
-        store.append(&sample_batch(id)).expect("append");
-        store.sync().expect("sync");
-    }
-    drop(store);
+    let dir = synced_store(600, 12);
     let names = segments(dir.path());
     assert!(names.len() >= 3);
     fs::remove_file(dir.path().join(&names[1])).expect("remove");
@@ -330,13 +318,7 @@ fn a_newest_segment_without_a_complete_header_is_a_torn_creation() {
 /// sequence number is not checked against the file name.)
 #[test]
 fn a_segment_under_another_name_is_corruption() {
-    let dir = TempDir::new().expect("temporary directory");
-    let mut store = FileStore::create_with(dir.path(), CLUSTER, options(600)).expect("create");
-    for id in 1..=12 {
-        store.append(&sample_batch(id)).expect("append");
-        store.sync().expect("sync");
-    }
-    drop(store);
+    let dir = synced_store(600, 12);
     let names = segments(dir.path());
     assert!(names.len() >= 3);
     let (a, b) = (dir.path().join(&names[0]), dir.path().join(&names[1]));
@@ -617,13 +599,7 @@ fn a_lost_sync_job_is_abandoned_and_stops_the_store() {
 #[test]
 fn a_sealed_segment_cut_at_a_record_boundary_is_corruption() {
     for keep_header in [false, true] {
-        let dir = TempDir::new().expect("temporary directory");
-        let mut store = FileStore::create_with(dir.path(), CLUSTER, options(1024)).expect("create");
-        for id in 1..=30 {
-            store.append(&sample_batch(id)).expect("append");
-            store.sync().expect("sync");
-        }
-        drop(store);
+        let dir = synced_store(1024, 30);
         let names = segments(dir.path());
         assert!(names.len() >= 3, "{names:?}");
         let middle = dir.path().join(&names[1]);

@@ -255,10 +255,8 @@ pub(super) fn open(dir: &Path, cluster_id: Digest) -> Result<Opened, StorageErro
             });
         }
     }
-    let active = match active {
-        Some(active) => active,
-        None => Active::create(dir, cluster_id, next_segment, 0)?,
-    };
+    // The loop ran over at least one segment (checked above) and the last one set it.
+    let active = active.ok_or_else(|| corrupt(dir, 0, "no segment to write to"))?;
     // Snapshots older than the newest are left over from a crash during a save.
     let snapshot = listing.snapshots.last().map(|i| Index(*i));
     if let Some((_, older)) = listing.snapshots.split_last() {

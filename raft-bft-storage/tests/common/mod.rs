@@ -7,7 +7,9 @@ use std::path::Path;
 
 use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
 use raft_bft::types::Digest;
-use raft_bft_storage::FileOptions;
+use raft_bft_storage::conformance::sample_batch;
+use raft_bft_storage::{FileOptions, FileStore, Store};
+use tempfile::TempDir;
 
 pub const CLUSTER: Digest = Digest([0x5a; 32]);
 
@@ -75,4 +77,17 @@ pub fn with_tx_bytes(mut batch: PersistBatch, bytes: usize) -> PersistBatch {
         *e = std::sync::Arc::new(entry);
     }
     batch
+}
+
+/// A store in a fresh directory holding sample batches `1..=count`, each synced on its own, in
+/// segments of `segment_bytes`; closed again.
+pub fn synced_store(segment_bytes: u64, count: u64) -> TempDir {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut store =
+        FileStore::create_with(dir.path(), CLUSTER, options(segment_bytes)).expect("create");
+    for id in 1..=count {
+        store.append(&sample_batch(id)).expect("append");
+        store.sync().expect("sync");
+    }
+    dir
 }
