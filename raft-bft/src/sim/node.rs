@@ -73,11 +73,23 @@ impl Disk {
     }
 
     /// Makes the oldest batch durable; it must be batch `id`.
-    pub(crate) fn complete(&mut self, id: u64) -> Result<PersistBatch, String> {
+    #[cfg(test)]
+    pub(crate) fn complete(&mut self, id: u64) -> Result<(), String> {
+        self.complete_copy(id, false).map(|_| ())
+    }
+
+    /// Makes the oldest batch durable (it must be batch `id`), handing back a copy of it if
+    /// `copy` (for a shadow store; a plain run does not pay for the clone).
+    pub(crate) fn complete_copy(
+        &mut self,
+        id: u64,
+        copy: bool,
+    ) -> Result<Option<PersistBatch>, String> {
         match self.unsynced.pop_front() {
             Some(batch) if batch.id == id => {
-                self.durable.apply_batch(batch.clone());
-                Ok(batch)
+                let copied = copy.then(|| batch.clone());
+                self.durable.apply_batch(batch);
+                Ok(copied)
             }
             Some(batch) => Err(format!(
                 "disk completed batch {} while batch {id} was expected",

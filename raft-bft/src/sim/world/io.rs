@@ -210,18 +210,21 @@ impl<W: Workload> Simulation<W> {
         if n.incarnation != incarnation || !n.is_up() {
             return; // the batch was lost in a crash
         }
-        let batch = match n.disk.complete(batch) {
-            Ok(batch) => batch,
+        let shadowed = self.shadows.get(node).is_some_and(Option::is_some);
+        let copy = match n.disk.complete_copy(batch, shadowed) {
+            Ok(copy) => copy,
             Err(e) => {
                 self.violation(format!("simulator: replica {node}: {e}"));
                 return;
             }
         };
-        self.shadow(node, |s| s.persisted(&batch));
+        if let Some(copy) = copy {
+            self.shadow(node, |s| s.persisted(&copy));
+        }
         let n = &mut self.nodes[node];
         self.counters.persisted_batches += 1;
         if let Some(r) = n.replica.as_mut() {
-            r.on_persisted(self.now, batch.id);
+            r.on_persisted(self.now, batch);
         }
         self.drain(node);
     }
