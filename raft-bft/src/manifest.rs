@@ -157,6 +157,18 @@ impl Cluster {
         let n = manifest.replicas.len();
         let f = (n - 1) / 3;
         let quorum = (n + f + 1).div_ceil(2);
+        let params = &manifest.params;
+        let max_prepared = params.max_prepared_per_term_change();
+        let new_term = crate::message::NewTerm::worst_case_bytes(quorum, max_prepared);
+        if new_term > params.max_message_bytes {
+            return Err(ManifestError::Params(format!(
+                "with {n} replicas a NewTerm can reach {new_term} bytes ({quorum} TermChanges of \
+                 up to {max_prepared} prepared entries with {quorum} signatures each), more than \
+                 max_message_bytes ({}): raise max_message_bytes, or lower checkpoint_interval \
+                 or pipeline_depth",
+                params.max_message_bytes
+            )));
+        }
         Ok(Cluster {
             manifest,
             cluster_id,
@@ -305,5 +317,92 @@ mod tests {
         let mut m = manifest(4);
         m.admin_keys = vec![crate::types::PublicKey([0xff; 32])];
         assert!(matches!(Cluster::new(m), Err(ManifestError::BadKey { .. })));
+    }
+
+    /// A correct leader's largest NewTerm, built for real.
+    fn largest_new_term(quorum: usize, max_prepared: u64) -> u64 {
+        use crate::message::*;
+        use crate::types::{Index, Signature, Term};
+        let sigs: Vec<(ReplicaId, Signature)> = (0..quorum)
+            .map(|i| (ReplicaId(i as u32 + 1_000_000), Signature([0xab; 64])))
+            .collect();
+        let prepared = |i: u64| PreparedEntry {
+            certificate: Certificate {
+                subject: VoteSubject {
+                    phase: Phase::PreAppend,
+                    term: Term(1 << 40),
+                    index: Index((1 << 40) + i),
+                    entry_hash: Digest([7; 32]),
+                    state_digest: None,
+                },
+                sigs: sigs.clone(),
+            },
+            header: EntryHeader {
+                term: Term(1 << 40),
+                index: Index((1 << 40) + i),
+                prev_hash: Digest([8; 32]),
+                tx_root: Digest([9; 32]),
+            },
+        };
+        let stable = Certificate {
+            subject: VoteSubject {
+                phase: Phase::Commit,
+                term: Term(1 << 40),
+                index: Index(1 << 40),
+                entry_hash: Digest([1; 32]),
+                state_digest: Some(Digest([2; 32])),
+            },
+            sigs: sigs.clone(),
+        };
+        let term_change = TermChange {
+            new_term: Term((1 << 40) + 1),
+            stable: Some(stable),
+            prepared: (0..max_prepared).map(prepared).collect(),
+            replica: ReplicaId(1_000_000),
+            sig: Signature([1; 64]),
+        };
+        let new_term = NewTerm {
+            new_term: Term((1 << 40) + 1),
+            term_changes: vec![term_change; quorum],
+            chosen: (0..max_prepared)
+                .map(|i| (Index((1 << 40) + i), Digest([3; 32])))
+                .collect(),
+            leader_sig: Signature([2; 64]),
+        };
+        codec::encode(&crate::message::ReplicaMessage::NewTerm(
+            std::sync::Arc::new(new_term),
+        ))
+        .expect("encode")
+        .len() as u64
+    }
+
+    #[test]
+    fn the_new_term_bound_holds_and_is_tight() {
+        for (quorum, max_prepared) in [(3, 288), (5, 288), (7, 40), (21, 288)] {
+            let real = largest_new_term(quorum, max_prepared);
+            let bound = crate::message::NewTerm::worst_case_bytes(quorum, max_prepared);
+            assert!(real <= bound, "quorum {quorum}: {real} > {bound}");
+            assert!(
+                bound <= real + real / 20,
+                "quorum {quorum}: {bound} is loose for {real}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameters_under_which_a_new_term_cannot_be_sent_are_refused() {
+        // n = 31 with the defaults fits in 16 MiB; n = 43 does not (its NewTerm is ~18 MB).
+        Cluster::new(manifest(31)).expect("31 replicas with the defaults");
+        assert!(matches!(
+            Cluster::new(manifest(43)),
+            Err(ManifestError::Params(_))
+        ));
+        let mut big_interval = manifest(4);
+        big_interval.params.checkpoint_interval = 1 << 16;
+        let refused = Cluster::new(big_interval).expect_err("a TermChange of ~47 MB");
+        assert!(
+            refused.to_string().contains("max_message_bytes"),
+            "{refused}"
+        );
     }
 }

@@ -312,6 +312,65 @@ pub struct NewTerm {
 }
 
 impl NewTerm {
+    /// An upper bound on the encoded size of a correct leader's NewTerm (as a
+    /// [`ReplicaMessage`]): `quorum` TermChanges, each with a stable execution certificate and
+    /// `max_prepared` prepared entries, every certificate carrying `quorum` signatures, and every
+    /// number at its widest. [`crate::manifest::Cluster::new`] refuses parameters under which
+    /// it exceeds `max_message_bytes`: such a NewTerm could not be sent, and no term after a
+    /// full TermChange could ever start.
+    pub fn worst_case_bytes(quorum: usize, max_prepared: u64) -> u64 {
+        let wide = |b: u8| Digest([b; 32]);
+        let sigs: Vec<(ReplicaId, Signature)> = (0..quorum)
+            .map(|_| (ReplicaId(u32::MAX), Signature([0xff; 64])))
+            .collect();
+        let certificate = |phase, state_digest| Certificate {
+            subject: VoteSubject {
+                phase,
+                term: Term(u64::MAX),
+                index: Index(u64::MAX),
+                entry_hash: wide(0xff),
+                state_digest,
+            },
+            sigs: sigs.clone(),
+        };
+        let len = |bytes: Result<Vec<u8>, crate::codec::CodecError>| {
+            bytes.map_or(u64::MAX, |b| b.len() as u64)
+        };
+        let prepared = len(crate::codec::encode(&PreparedEntry {
+            certificate: certificate(Phase::PreAppend, None),
+            header: EntryHeader {
+                term: Term(u64::MAX),
+                index: Index(u64::MAX),
+                prev_hash: wide(0xfe),
+                tx_root: wide(0xfd),
+            },
+        }));
+        let term_change = len(crate::codec::encode(&TermChange {
+            new_term: Term(u64::MAX),
+            stable: Some(certificate(Phase::Commit, Some(wide(0xfc)))),
+            prepared: Vec::new(),
+            replica: ReplicaId(u32::MAX),
+            sig: Signature([0xff; 64]),
+        }));
+        let chosen = len(crate::codec::encode(&(Index(u64::MAX), wide(0xfb))));
+        let empty = len(crate::codec::encode(&ReplicaMessage::NewTerm(Arc::new(
+            NewTerm {
+                new_term: Term(u64::MAX),
+                term_changes: Vec::new(),
+                chosen: Vec::new(),
+                leader_sig: Signature([0xff; 64]),
+            },
+        ))));
+        // Each list that grows from empty gains at most a 5-byte length header.
+        let per_term_change = term_change
+            .saturating_add(5)
+            .saturating_add(max_prepared.saturating_mul(prepared));
+        empty
+            .saturating_add(10)
+            .saturating_add((quorum as u64).saturating_mul(per_term_change))
+            .saturating_add(max_prepared.saturating_mul(chosen))
+    }
+
     /// Builds and signs a NewTerm (by the leader of `new_term`).
     pub fn sign(
         cluster_id: &Digest,

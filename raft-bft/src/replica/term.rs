@@ -221,7 +221,7 @@ impl<S: StateMachine> Replica<S> {
         let stable = self.stable_ec.clone();
         let above = stable.as_ref().map_or(0, |ec| ec.subject.index.0);
         let limit = self.cluster.params().max_prepared_per_term_change() as usize;
-        let prepared: Vec<PreparedEntry> = (above + 1..=self.log.tip().0)
+        let mut prepared: Vec<PreparedEntry> = (above + 1..=self.log.tip().0)
             .filter_map(|i| {
                 let slot = self.log.get(Index(i))?;
                 let certificate = slot.prepared.clone()?;
@@ -236,8 +236,17 @@ impl<S: StateMachine> Replica<S> {
                     },
                 })
             })
-            .take(limit)
+            .take(limit + 1)
             .collect();
+        // The replica never holds more than the report limit (`within_report_limit`); should a
+        // path ever break that, dropping the highest prepared entries here would silently lose
+        // a possibly committed entry from the next term's choice.
+        debug_assert!(
+            prepared.len() <= limit,
+            "replica {} holds more prepared entries than a TermChange reports",
+            self.id
+        );
+        prepared.truncate(limit);
         TermChange::sign(&self.cluster_id, &self.key, self.id, term, stable, prepared)
     }
 
