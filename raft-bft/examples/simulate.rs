@@ -363,11 +363,7 @@ fn main() {
         if run.baseline {
             continue;
         }
-        disk.crashes += r.counters.crashes;
-        disk.lost_batches += r.counters.lost_batches;
-        disk.disk_kept_batches += r.counters.disk_kept_batches;
-        disk.torn_writes += r.counters.torn_writes;
-        disk.slow_syncs += r.counters.slow_syncs;
+        disk.add(&r.counters);
         committed += r.committed_txs;
         lagging += u64::from(r.is_ok() && r.lagging_replicas > 0);
         if run.secs > slowest.0 {

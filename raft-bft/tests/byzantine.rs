@@ -3,7 +3,7 @@
 //! `f + 1` twins fork the log, which the checkers see.
 
 use raft_bft::mutant::Mutant;
-use raft_bft::sim::{self, SimConfig, SimReport, Strategy};
+use raft_bft::sim::{self, Counters, SimConfig, SimReport, Strategy};
 
 /// Why a run with a Byzantine replica failed, or `None`.
 fn failure(report: &SimReport) -> Option<String> {
@@ -67,18 +67,63 @@ fn count(map: &std::collections::BTreeMap<String, u64>, pattern: &str) -> u64 {
         .sum()
 }
 
+/// What an adversary should cause, and how to count it in a report.
+struct Effect {
+    name: &'static str,
+    strategy: Strategy,
+    seeds: u64,
+    count: fn(&Counters) -> u64,
+}
+
+const EFFECTS: [Effect; 6] = [
+    Effect {
+        name: "new-term refused",
+        strategy: Strategy::WrongNewTerm,
+        seeds: 3,
+        count: |c| count(&c.verify_errors, "new-term:"),
+    },
+    Effect {
+        name: "bad certificates",
+        strategy: Strategy::ForgedCertificates,
+        seeds: 3,
+        count: |c| count(&c.verify_errors, "bad-certificate"),
+    },
+    Effect {
+        name: "oversized frames",
+        strategy: Strategy::Garbage,
+        seeds: 3,
+        count: |c| count(&c.decode_errors, "too-large"),
+    },
+    Effect {
+        name: "replayed old votes",
+        strategy: Strategy::Replay,
+        seeds: 3,
+        count: |c| {
+            count(&c.replica_refusals, "vote for another term")
+                + count(&c.replica_refusals, "does not lead")
+        },
+    },
+    Effect {
+        name: "double commit votes",
+        strategy: Strategy::DoubleVoting,
+        seeds: 3,
+        count: |c| count(&c.replica_refusals, "two commit votes"),
+    },
+    // The bait fires in fewer seeds.
+    Effect {
+        name: "bait refused by the vote record",
+        strategy: Strategy::RevoteBait,
+        seeds: 8,
+        count: |c| count(&c.replica_refusals, "would vote twice"),
+    },
+];
+
 /// The adversaries do what they claim, measured against the same seeds without them: a silent
 /// leader is replaced, a wrong NewTerm is refused, forgeries and garbage reach the decoder and
 /// the verifier and are refused there, replayed old votes reach the term logic, double votes
 /// reach the tallies, and the bait for a forgotten vote meets the durable vote record.
 #[test]
 fn adversaries_have_an_effect() {
-    let mut effect = std::collections::BTreeMap::<&str, (u64, u64)>::new();
-    let mut note = |name, with: u64, without: u64| {
-        let e = effect.entry(name).or_default();
-        e.0 += with;
-        e.1 += without;
-    };
     let mut reports = Vec::new();
     for seed in 0..3 {
         let mute = run(Strategy::MuteLeader, seed, 4, 1);
@@ -86,65 +131,20 @@ fn adversaries_have_an_effect() {
             mute.max_term >= 1,
             "the mute leader was never replaced\n{mute}"
         );
-        let s = Strategy::WrongNewTerm;
-        let (r, b) = (run(s, seed, 4, 1), baseline(s, seed));
-        note(
-            "new-term refused",
-            count(&r.counters.verify_errors, "new-term:"),
-            count(&b.counters.verify_errors, "new-term:"),
-        );
-        reports.push(r);
-        let s = Strategy::ForgedCertificates;
-        let (r, b) = (run(s, seed, 4, 1), baseline(s, seed));
-        note(
-            "bad certificates",
-            count(&r.counters.verify_errors, "bad-certificate"),
-            count(&b.counters.verify_errors, "bad-certificate"),
-        );
-        reports.push(r);
-        let s = Strategy::Garbage;
-        let (r, b) = (run(s, seed, 4, 1), baseline(s, seed));
-        note(
-            "oversized frames",
-            count(&r.counters.decode_errors, "too-large"),
-            count(&b.counters.decode_errors, "too-large"),
-        );
-        reports.push(r);
-        let s = Strategy::Replay;
-        let (r, b) = (run(s, seed, 4, 1), baseline(s, seed));
-        note(
-            "replayed old votes",
-            count(&r.counters.replica_refusals, "vote for another term")
-                + count(&r.counters.replica_refusals, "does not lead"),
-            count(&b.counters.replica_refusals, "vote for another term")
-                + count(&b.counters.replica_refusals, "does not lead"),
-        );
-        reports.push(r);
-        let s = Strategy::DoubleVoting;
-        let (r, b) = (run(s, seed, 4, 1), baseline(s, seed));
-        note(
-            "double commit votes",
-            count(&r.counters.replica_refusals, "two commit votes"),
-            count(&b.counters.replica_refusals, "two commit votes"),
-        );
-        reports.push(r);
         reports.push(mute);
     }
-    // The bait fires in fewer seeds.
-    for seed in 0..8 {
-        let s = Strategy::RevoteBait;
-        let (r, b) = (run(s, seed, 4, 1), baseline(s, seed));
-        note(
-            "bait refused by the vote record",
-            count(&r.counters.replica_refusals, "would vote twice"),
-            count(&b.counters.replica_refusals, "would vote twice"),
-        );
-        reports.push(r);
-    }
-    for (name, (with, without)) in &effect {
+    for effect in &EFFECTS {
+        let (mut with, mut without) = (0, 0);
+        for seed in 0..effect.seeds {
+            let r = run(effect.strategy, seed, 4, 1);
+            with += (effect.count)(&r.counters);
+            without += (effect.count)(&baseline(effect.strategy, seed).counters);
+            reports.push(r);
+        }
         assert!(
-            *with > 2 * *without + 2,
-            "{name}: {with} with the adversaries, {without} without them"
+            with > 2 * without + 2,
+            "{}: {with} with the adversaries, {without} without them",
+            effect.name
         );
     }
     assert_all_ok(reports);

@@ -88,14 +88,7 @@ fn faults_and_crashes_really_happen() {
         let r = sim::run(SimConfig::new(seed, 4));
         assert_ok(&r);
         let c = &r.counters;
-        total.messages_dropped += c.messages_dropped;
-        total.messages_duplicated += c.messages_duplicated;
-        total.messages_partitioned += c.messages_partitioned;
-        total.messages_corrupted += c.messages_corrupted;
-        total.crashes += c.crashes;
-        total.restarts += c.restarts;
-        total.retransmissions += c.retransmissions;
-        total.client_retries += c.client_retries;
+        total.add(c);
         assert_eq!(
             c.crashes, c.restarts,
             "every crashed replica is back after heal"
@@ -129,12 +122,7 @@ fn disk_faults_keep_and_tear_unsynced_writes_safely() {
     let failures: Vec<String> = (0..8)
         .filter_map(|seed| {
             let r = sim::run(disk_fault_config(seed));
-            let c = &r.counters;
-            total.crashes += c.crashes;
-            total.lost_batches += c.lost_batches;
-            total.disk_kept_batches += c.disk_kept_batches;
-            total.torn_writes += c.torn_writes;
-            total.slow_syncs += c.slow_syncs;
+            total.add(&r.counters);
             failure(&r).map(|why| format!("{why}(with --disk-faults)"))
         })
         .collect();

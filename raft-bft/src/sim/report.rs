@@ -61,6 +61,67 @@ pub struct Counters {
     pub client_retries: u64,
 }
 
+impl Counters {
+    /// Adds another run's counters to these (for totals over many seeds).
+    pub fn add(&mut self, other: &Counters) {
+        // Destructured, so that a new counter cannot be forgotten here.
+        let Counters {
+            events,
+            messages_sent,
+            messages_delivered,
+            messages_dropped,
+            messages_partitioned,
+            messages_to_crashed,
+            messages_duplicated,
+            messages_corrupted,
+            invalid_replies,
+            persisted_batches,
+            lost_batches,
+            disk_kept_batches,
+            torn_writes,
+            slow_syncs,
+            crashes,
+            restarts,
+            partitions,
+            retransmissions,
+            fetches,
+            client_retries,
+            decode_errors,
+            verify_errors,
+            replica_refusals,
+        } = other;
+        self.events += events;
+        self.messages_sent += messages_sent;
+        self.messages_delivered += messages_delivered;
+        self.messages_dropped += messages_dropped;
+        self.messages_partitioned += messages_partitioned;
+        self.messages_to_crashed += messages_to_crashed;
+        self.messages_duplicated += messages_duplicated;
+        self.messages_corrupted += messages_corrupted;
+        self.invalid_replies += invalid_replies;
+        self.persisted_batches += persisted_batches;
+        self.lost_batches += lost_batches;
+        self.disk_kept_batches += disk_kept_batches;
+        self.torn_writes += torn_writes;
+        self.slow_syncs += slow_syncs;
+        self.crashes += crashes;
+        self.restarts += restarts;
+        self.partitions += partitions;
+        self.retransmissions += retransmissions;
+        self.fetches += fetches;
+        self.client_retries += client_retries;
+        for (k, v) in decode_errors {
+            *self.decode_errors.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in verify_errors {
+            *self.verify_errors.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in replica_refusals {
+            *self.replica_refusals.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+}
+
 /// The outcome of one run. Same configuration, same report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SimReport {
