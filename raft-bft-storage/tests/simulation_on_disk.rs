@@ -8,7 +8,8 @@
 //! The stores live on `/dev/shm` (tmpfs): `fdatasync` there is free, so a run costs what the
 //! protocol costs. The file system semantics the store relies on are the same.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use raft_bft::persist::{DurableState, PersistBatch};
 use raft_bft::sim::{self, ShadowStore, SimConfig, SimReport, Strategy};
@@ -31,16 +32,71 @@ struct FileShadow {
     dir: PathBuf,
     store: Option<FileStore>,
     forget_votes: bool,
+    /// Where the peaks of what the store holds are recorded, if anywhere.
+    peaks: Option<Arc<Mutex<Peaks>>>,
+    batches: u64,
+}
+
+/// The most a store held at once (sampled every few batches), and what was written to it.
+#[derive(Debug, Default)]
+struct Peaks {
+    entries: usize,
+    votes: usize,
+    certificates: usize,
+    dir_bytes: u64,
+    written_bytes: u64,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 impl FileShadow {
     fn open(dir: PathBuf, forget_votes: bool) -> Result<Box<dyn ShadowStore>, String> {
+        Self::open_with_peaks(dir, forget_votes, None)
+    }
+
+    fn open_with_peaks(
+        dir: PathBuf,
+        forget_votes: bool,
+        peaks: Option<Arc<Mutex<Peaks>>>,
+    ) -> Result<Box<dyn ShadowStore>, String> {
         let store = FileStore::create_with(&dir, CLUSTER, options()).map_err(|e| e.to_string())?;
         Ok(Box::new(FileShadow {
             dir,
             store: Some(store),
             forget_votes,
+            peaks,
+            batches: 0,
         }))
+    }
+
+    fn sample(&mut self, batch: &PersistBatch) -> Result<(), String> {
+        let Some(peaks) = self.peaks.clone() else {
+            return Ok(());
+        };
+        self.batches += 1;
+        let written = raft_bft::codec::encode(batch)
+            .map_err(|e| e.to_string())?
+            .len() as u64;
+        let mut p = peaks.lock().map_err(|e| e.to_string())?;
+        p.written_bytes += written;
+        if self.batches.is_multiple_of(8) {
+            let state = self.store()?.load().map_err(|e| e.to_string())?;
+            p.entries = p.entries.max(state.entries.len());
+            p.votes = p.votes.max(state.votes.len());
+            p.certificates = p.certificates.max(state.certificates.len());
+            p.dir_bytes = p.dir_bytes.max(dir_bytes(&self.dir));
+        }
+        Ok(())
     }
 
     fn store(&mut self) -> Result<&mut FileStore, String> {
@@ -55,7 +111,7 @@ impl ShadowStore for FileShadow {
         let store = self.store()?;
         store.append(batch).map_err(|e| e.to_string())?;
         store.sync().map_err(|e| e.to_string())?;
-        Ok(())
+        self.sample(batch)
     }
 
     fn crash(&mut self, kept: &[PersistBatch], torn: Option<&PersistBatch>) -> Result<(), String> {
@@ -88,6 +144,15 @@ impl ShadowStore for FileShadow {
             state.votes.clear();
         }
         Ok(state)
+    }
+
+    fn wipe(&mut self) -> Result<(), String> {
+        drop(self.store.take());
+        std::fs::remove_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        let store =
+            FileStore::create_with(&self.dir, CLUSTER, options()).map_err(|e| e.to_string())?;
+        self.store = Some(store);
+        Ok(())
     }
 }
 
@@ -174,5 +239,75 @@ fn a_replica_restarted_from_the_file_store_never_votes_twice() {
         caught_at.is_some(),
         "in 40 seeds no replica on a store that forgets votes voted twice: the runs do not \
          exercise the durable vote record"
+    );
+}
+
+/// Memory and disk stay bounded in a long run: over more than 20 checkpoints per replica, no
+/// replica holds more log entries than `2 * checkpoint_interval + pipeline_depth` (the simulator
+/// checks it after every step), and each replica's store holds about as much: entries, votes
+/// and certificates within a small multiple of that bound, and a directory a fraction of what
+/// was written to it (compaction deletes the segments a checkpoint covers).
+#[test]
+fn memory_and_disk_stay_bounded_over_many_checkpoints() {
+    let mut config = SimConfig::new(7, 4).without_faults();
+    config.clients = 8;
+    config.txs_per_client = 120;
+    config.max_think_time = std::time::Duration::from_millis(2);
+    config.params.checkpoint_interval = 8;
+    config.params.pipeline_depth = 4;
+    config.params.max_batch_txs = 3;
+    let bound = config.params.max_log_entries() as usize;
+    let base = TempDir::new_in("/dev/shm").expect("a temporary directory in /dev/shm (tmpfs)");
+    let peaks: Vec<Arc<Mutex<Peaks>>> = (0..4).map(|_| Arc::default()).collect();
+    let open = |node: usize| {
+        FileShadow::open_with_peaks(
+            base.path().join(format!("node{node}")),
+            false,
+            peaks.get(node).cloned(),
+        )
+    };
+    let report = sim::run_with_stores(config, sim::KvWorkload::default(), &open);
+    assert_passed(&report, 7);
+    assert_eq!(report.max_term, 0, "a fault-free run stays in term 0");
+    let per_replica = report.counters.checkpoints / 4;
+    assert!(
+        per_replica >= 20,
+        "only {per_replica} checkpoints per replica\n{report}"
+    );
+    assert!(
+        report.counters.max_log_entries as usize <= bound,
+        "a replica held {} log entries, above {bound}",
+        report.counters.max_log_entries
+    );
+    for (node, peaks) in peaks.iter().enumerate() {
+        let p = peaks.lock().expect("not poisoned");
+        println!("node {node}: {p:?} (log bound {bound})");
+        assert!(p.entries <= bound, "node {node}: {p:?}");
+        // One vote and one certificate per phase per index above the checkpoint (one term).
+        assert!(p.votes <= 3 * (bound + 1), "node {node}: {p:?}");
+        assert!(p.certificates <= 3 * (bound + 1), "node {node}: {p:?}");
+        assert!(
+            p.dir_bytes * 4 < p.written_bytes && p.dir_bytes < 1 << 20,
+            "node {node}: the store keeps too much of what was written: {p:?}"
+        );
+    }
+}
+
+/// Replicas whose disks are wiped while they are down rebuild from their peers (a checkpoint
+/// and the entries above it) on the file store, through crashes and network faults.
+#[test]
+fn wiped_replicas_rebuild_from_their_peers_on_the_file_store() {
+    let (mut wipes, mut transfers) = (0, 0);
+    for seed in 0..6 {
+        let mut config = SimConfig::varied(seed, 4);
+        config.wipe_prob = 0.5;
+        let report = run_on_files(config, false);
+        assert_passed(&report, seed);
+        wipes += report.counters.wipes;
+        transfers += report.counters.state_transfers;
+    }
+    assert!(
+        wipes > 0 && transfers > 0,
+        "wipes {wipes} transfers {transfers}"
     );
 }

@@ -89,6 +89,10 @@ struct Args {
     /// record (recovery cuts it off); some syncs are 10 to 50 times slower.
     #[arg(long)]
     disk_faults: bool,
+    /// More faults, comma-separated: `wipe` wipes the disk of a crashed replica before it
+    /// restarts (one restart in four), and the replica rebuilds from its peers.
+    #[arg(long, value_delimiter = ',', value_parser = ["wipe"])]
+    faults: Vec<String>,
     /// With --byzantine: run the same configuration without the adversary (the comparison runs
     /// of the table; for replaying one that failed).
     #[arg(long)]
@@ -158,6 +162,11 @@ fn config(args: &Args, seed: u64, baseline: bool) -> SimConfig {
         c.heal_at = Duration::from_millis(ms);
     }
     c.disk_faults = args.disk_faults;
+    if args.faults.iter().any(|f| f == "wipe") {
+        // Only crashed replicas are wiped, within the crash budget: a wiped replica counts as
+        // faulty until it has rebuilt (with `f` Byzantine replicas there is no budget left).
+        c.wipe_prob = 0.25;
+    }
     c.trace = args.trace && args.seed.is_some();
     c
 }
@@ -188,6 +197,9 @@ fn replay_command(args: &Args, seed: u64, baseline: bool) -> String {
     }
     if args.disk_faults {
         cmd.push_str(" --disk-faults");
+    }
+    if !args.faults.is_empty() {
+        cmd.push_str(&format!(" --faults {}", args.faults.join(",")));
     }
     if let Some(s) = strategy_of(args, seed) {
         cmd.push_str(&format!(" --byzantine {s}"));
@@ -355,6 +367,9 @@ fn main() {
     let mut committed = 0u64;
     let mut slowest = (0.0f64, 0u64);
     let mut disk = sim::Counters::default();
+    // The run whose log came closest to its bound (`2 * checkpoint_interval + pipeline_depth`,
+    // which varies with the seed's parameters): its peak and its bound.
+    let (mut max_log, mut log_bound) = (0u64, 1u64);
     for run in &runs {
         let r = &run.report;
         // Runs without the adversary count too: a failure there is a failure.
@@ -364,6 +379,12 @@ fn main() {
             continue;
         }
         disk.add(&r.counters);
+        let bound = config(&args, r.seed, false).params.max_log_entries();
+        if u128::from(r.counters.max_log_entries) * u128::from(log_bound)
+            > u128::from(max_log) * u128::from(bound)
+        {
+            (max_log, log_bound) = (r.counters.max_log_entries, bound);
+        }
         committed += r.committed_txs;
         lagging += u64::from(r.is_ok() && r.lagging_replicas > 0);
         if run.secs > slowest.0 {
@@ -420,10 +441,18 @@ fn main() {
             disk.slow_syncs
         );
     }
-    // Regression checks grep this line: keep its format.
+    // Regression checks grep this line: keep its format (new fields go at the end).
     println!(
-        "seeds={} safety_violations={violations} liveness_failures={liveness} committed_txs={committed}",
-        seeds.len()
+        "seeds={} safety_violations={violations} liveness_failures={liveness} \
+         committed_txs={committed} checkpoints={} state_transfers={} wipes={} divergences={} \
+         max_log_entries={} log_bound={}",
+        seeds.len(),
+        disk.checkpoints,
+        disk.state_transfers,
+        disk.wipes,
+        disk.divergences,
+        max_log,
+        log_bound
     );
     if violations > 0 || liveness > 0 {
         std::process::exit(1);

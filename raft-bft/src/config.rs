@@ -38,6 +38,12 @@ pub struct Params {
     pub max_pending_txs_per_client: u32,
     /// ... and at most this many bytes of them (as counted against `max_batch_bytes`).
     pub max_pending_bytes: u64,
+    /// A checkpoint's encoded state (application snapshot and client table) may be at most this
+    /// large; a replica refuses to receive a larger one.
+    pub max_checkpoint_bytes: u64,
+    /// A checkpoint travels to a replica that fell behind in chunks of at most this many bytes
+    /// (and at most half of `max_message_bytes`: see [`Params::checkpoint_chunk`]).
+    pub checkpoint_chunk_bytes: u64,
 }
 
 impl Default for Params {
@@ -58,6 +64,8 @@ impl Default for Params {
             max_pending_txs: 100_000,
             max_pending_txs_per_client: 16,
             max_pending_bytes: 64 << 20,
+            max_checkpoint_bytes: 1 << 30,
+            checkpoint_chunk_bytes: 1 << 20,
         }
     }
 }
@@ -97,6 +105,9 @@ impl Params {
         if self.pipeline_depth > 1 << 16 {
             return Err("pipeline_depth must be at most 2^16".into());
         }
+        if self.checkpoint_chunk_bytes == 0 {
+            return Err("checkpoint_chunk_bytes must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -106,6 +117,21 @@ impl Params {
     /// replica holds prepared must fit in its TermChange, or a committed entry could be left
     /// out of a new term's choice.
     pub fn max_prepared_per_term_change(&self) -> u64 {
-        2 * self.checkpoint_interval + 4 * u64::from(self.pipeline_depth)
+        self.max_log_entries()
+    }
+
+    /// The size of a checkpoint chunk: `checkpoint_chunk_bytes`, but at most half a message
+    /// (the rest is room for its certificate).
+    pub fn checkpoint_chunk(&self) -> u64 {
+        self.checkpoint_chunk_bytes
+            .min(self.max_message_bytes / 2)
+            .max(1)
+    }
+
+    /// The most entries a replica holds in its log above its stable checkpoint (it refuses
+    /// proposals beyond): two checkpoint intervals, so that the next checkpoint can become
+    /// stable while the leader goes on, plus a full pipeline.
+    pub fn max_log_entries(&self) -> u64 {
+        2 * self.checkpoint_interval + u64::from(self.pipeline_depth)
     }
 }

@@ -47,6 +47,8 @@ pub enum Domain {
     Heartbeat,
     /// A new leader's NewTerm.
     NewTerm,
+    /// The replicated per-client table, hashed into the state digest at checkpoints.
+    ClientTable,
 }
 
 impl Domain {
@@ -63,6 +65,7 @@ impl Domain {
             Domain::StateDigest => b"raft-bft/v1/state-digest",
             Domain::TermChange => b"raft-bft/v1/term-change",
             Domain::Heartbeat => b"raft-bft/v1/heartbeat",
+            Domain::ClientTable => b"raft-bft/v1/client-table",
             Domain::NewTerm => b"raft-bft/v1/new-term",
         }
     }
@@ -83,7 +86,7 @@ pub struct Transcript {
     buf: smallvec::SmallVec<[u8; 128]>,
 }
 
-const DOMAINS: [Domain; 12] = [
+const DOMAINS: [Domain; 13] = [
     Domain::Manifest,
     Domain::Tx,
     Domain::Entry,
@@ -96,6 +99,7 @@ const DOMAINS: [Domain; 12] = [
     Domain::TermChange,
     Domain::Heartbeat,
     Domain::NewTerm,
+    Domain::ClientTable,
 ];
 
 fn domain_key(domain: Domain, cluster_id: &Digest) -> [u8; 32] {
@@ -125,6 +129,7 @@ fn slot(domain: Domain) -> usize {
         Domain::TermChange => 9,
         Domain::Heartbeat => 10,
         Domain::NewTerm => 11,
+        Domain::ClientTable => 12,
     }
 }
 

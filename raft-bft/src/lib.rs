@@ -83,6 +83,7 @@
 //! assert_eq!(ready.messages.len(), 1); // the PreAppend, for the other replicas
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+pub mod checkpoint;
 pub mod choice;
 pub mod client;
 pub mod codec;

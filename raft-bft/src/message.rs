@@ -509,6 +509,36 @@ pub enum ReplicaMessage {
         /// The commit certificate of the last entry.
         certificate: Certificate,
     },
+    /// Ask a peer for its stable checkpoint, if its index is above `above`, from byte `offset`
+    /// of its state.
+    FetchCheckpoint {
+        /// Only a checkpoint above this index is wanted.
+        above: Index,
+        /// Where in the checkpoint's state to start.
+        offset: u64,
+    },
+    /// A chunk of a stable checkpoint's state (answers `FetchCheckpoint`, and `FetchEntries`
+    /// for entries the sender compacted away).
+    CheckpointChunk(CheckpointChunk),
+    /// A replica that lost its disk asks how far the cluster has committed.
+    FetchStatus,
+    /// How far the sender has committed: the commit certificate at its commit index, or the
+    /// execution certificate of its stable checkpoint.
+    Status(Certificate),
+}
+
+/// A chunk of a stable checkpoint's encoded state, with the certificate that proves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointChunk {
+    /// The checkpoint's execution certificate.
+    pub certificate: Certificate,
+    /// The size of the whole encoded state.
+    pub total: u64,
+    /// Where this chunk starts.
+    pub offset: u64,
+    /// The bytes `offset..offset + data.len()` of the state.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 impl ReplicaMessage {
@@ -529,6 +559,10 @@ impl ReplicaMessage {
             ReplicaMessage::Equivocation(_) => "equivocation",
             ReplicaMessage::FetchEntries { .. } => "fetch-entries",
             ReplicaMessage::Entries { .. } => "entries",
+            ReplicaMessage::FetchCheckpoint { .. } => "fetch-checkpoint",
+            ReplicaMessage::CheckpointChunk(_) => "checkpoint-chunk",
+            ReplicaMessage::FetchStatus => "fetch-status",
+            ReplicaMessage::Status(_) => "status",
         }
     }
 }

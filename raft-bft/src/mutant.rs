@@ -19,14 +19,20 @@ pub enum Mutant {
     /// `forget-votes`: the votes a replica made durable are lost when it restarts (a storage
     /// layer that does not keep them).
     ForgetVotes,
+    /// `nondeterministic`: one correct replica's state machine is not deterministic (the test
+    /// state machine mixes a per-instance value into some of its writes). The replica must
+    /// detect that its state diverged from the execution certificates, stop executing, and
+    /// recover by state transfer; the checkers report the divergent digests.
+    Nondeterministic,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 3] = [
+    pub const ALL: [Mutant; 4] = [
         Mutant::QuorumOneShort,
         Mutant::SkipPcCheck,
         Mutant::ForgetVotes,
+        Mutant::Nondeterministic,
     ];
 
     /// The name used on the command line.
@@ -35,6 +41,7 @@ impl Mutant {
             Mutant::QuorumOneShort => "quorum-2f",
             Mutant::SkipPcCheck => "skip-pc-check",
             Mutant::ForgetVotes => "forget-votes",
+            Mutant::Nondeterministic => "nondeterministic",
         }
     }
 

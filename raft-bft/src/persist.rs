@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Checkpoint;
 use crate::message::{Certificate, Entry, NewTerm, Phase, VoteSubject};
 use crate::types::{Index, Term};
 
@@ -32,6 +33,14 @@ pub enum PersistOp {
     /// Forget entries, votes and certificates at indexes below `index`: a stable checkpoint
     /// covers them. Compaction only ever moves forward.
     CompactBelow(Index),
+    /// Keep this stable checkpoint in place of the log up to its index: replaces an older
+    /// checkpoint and compacts below `index + 1` (a newer one than any kept; older ones are
+    /// ignored).
+    Checkpoint(Arc<Checkpoint>),
+    /// This replica lost its durable state and was rebuilt from its peers: it must not vote,
+    /// propose or report prepared entries until its stable checkpoint reaches `Index` (an
+    /// unknown floor is `Index(u64::MAX)`). `Index(0)` ends the restriction.
+    VoteFloor(Index),
 }
 
 /// A group of operations to make durable together (one sync).
@@ -64,6 +73,10 @@ pub struct DurableState {
     pub new_term: Option<Arc<NewTerm>>,
     /// Everything below this index was compacted away (`Index(0)` if nothing was).
     pub compacted_below: Index,
+    /// The newest stable checkpoint kept (the log continues above its index).
+    pub checkpoint: Option<Arc<Checkpoint>>,
+    /// See [`PersistOp::VoteFloor`] (`Index(0)`: none).
+    pub vote_floor: Index,
 }
 
 impl DurableState {
@@ -104,14 +117,28 @@ impl DurableState {
                 self.certificates
                     .retain(|(phase, i), _| *i < index || *phase != Phase::PreAppend);
             }
-            PersistOp::CompactBelow(index) => {
-                if index > self.compacted_below {
-                    self.compacted_below = index;
-                    self.entries = self.entries.split_off(&index);
-                    self.votes.retain(|(_, _, i), _| *i >= index);
-                    self.certificates.retain(|(_, i), _| *i >= index);
+            PersistOp::CompactBelow(index) => self.compact_below(index),
+            PersistOp::Checkpoint(cp) => {
+                let index = cp.index();
+                if self
+                    .checkpoint
+                    .as_ref()
+                    .is_none_or(|old| old.index() < index)
+                {
+                    self.checkpoint = Some(cp);
+                    self.compact_below(index.next());
                 }
             }
+            PersistOp::VoteFloor(index) => self.vote_floor = index,
+        }
+    }
+
+    fn compact_below(&mut self, index: Index) {
+        if index > self.compacted_below {
+            self.compacted_below = index;
+            self.entries = self.entries.split_off(&index);
+            self.votes.retain(|(_, _, i), _| *i >= index);
+            self.certificates.retain(|(_, i), _| *i >= index);
         }
     }
 

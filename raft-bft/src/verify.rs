@@ -13,9 +13,9 @@ use crate::crypto::{self, BatchVerifier, CoefficientRng, SignatureError};
 use crate::manifest::Cluster;
 use crate::merkle;
 use crate::message::{
-    entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, Entry,
-    EquivocationProof, NewTerm, Phase, PreAppend, ReplicaMessage, Reply, SignedTx, TermChange,
-    Vote, VoteSubject,
+    entry_hash, pre_append_digest, reply_batch_digest, reply_leaf, Certificate, CheckpointChunk,
+    Entry, EquivocationProof, NewTerm, Phase, PreAppend, ReplicaMessage, Reply, SignedTx,
+    TermChange, Vote, VoteSubject,
 };
 use crate::types::{Digest, Index, ReplicaId, Signature, Term, TxId};
 
@@ -140,6 +140,20 @@ pub enum VerifiedMessage {
         /// The CC of the last entry.
         certificate: Certificate,
     },
+    /// A request for a stable checkpoint above `above`, from byte `offset` of its state.
+    FetchCheckpoint {
+        /// Only a checkpoint above this index is wanted.
+        above: Index,
+        /// Where to start.
+        offset: u64,
+    },
+    /// A chunk of a checkpoint whose execution certificate is valid, at a checkpoint index, and
+    /// whose sizes are within the limits (the bytes themselves are checked once complete).
+    CheckpointChunk(CheckpointChunk),
+    /// A request for the sender's commit status.
+    FetchStatus,
+    /// A valid commit certificate (phase `Append`) or execution certificate (phase `Commit`).
+    Status(Certificate),
 }
 
 /// Why a message was refused. Each refusal is counted by the caller.
@@ -519,6 +533,31 @@ impl Verifier {
                 entries,
                 certificate,
             } => self.verify_entries(entries, certificate)?,
+            ReplicaMessage::FetchCheckpoint { above, offset } => {
+                if offset >= self.cluster.params().max_checkpoint_bytes {
+                    return Err(VerifyError::TooLarge {
+                        what: "checkpoint offset",
+                        size: offset,
+                        limit: self.cluster.params().max_checkpoint_bytes,
+                    });
+                }
+                VerifiedMessage::FetchCheckpoint { above, offset }
+            }
+            ReplicaMessage::CheckpointChunk(chunk) => {
+                VerifiedMessage::CheckpointChunk(self.verify_checkpoint_chunk(chunk)?)
+            }
+            ReplicaMessage::FetchStatus => VerifiedMessage::FetchStatus,
+            ReplicaMessage::Status(cert) => {
+                let phase = cert.subject.phase;
+                if phase == Phase::PreAppend {
+                    return Err(VerifyError::Malformed {
+                        what: "status",
+                        why: "a prepared certificate proves no commit",
+                    });
+                }
+                self.verify_certificate(&cert, phase)?;
+                VerifiedMessage::Status(cert)
+            }
         };
         Ok(Verified(verified))
     }
@@ -631,6 +670,47 @@ impl Verifier {
             entries,
             certificate,
         })
+    }
+
+    /// Checks a checkpoint chunk's certificate (an execution certificate at a checkpoint index)
+    /// and its sizes: the state is at most `max_checkpoint_bytes`, a chunk at most
+    /// `checkpoint_chunk_bytes`, and the chunk lies within the state.
+    fn verify_checkpoint_chunk(
+        &mut self,
+        chunk: CheckpointChunk,
+    ) -> Result<CheckpointChunk, VerifyError> {
+        let params = self.cluster.params();
+        let (max_state, max_chunk) = (params.max_checkpoint_bytes, params.checkpoint_chunk());
+        let interval = params.checkpoint_interval;
+        if chunk.total > max_state {
+            return Err(VerifyError::TooLarge {
+                what: "checkpoint state",
+                size: chunk.total,
+                limit: max_state,
+            });
+        }
+        if chunk.data.len() as u64 > max_chunk {
+            return Err(VerifyError::TooLarge {
+                what: "checkpoint chunk",
+                size: chunk.data.len() as u64,
+                limit: max_chunk,
+            });
+        }
+        let end = chunk.offset.checked_add(chunk.data.len() as u64);
+        if end.is_none_or(|end| end > chunk.total) || (chunk.data.is_empty() && chunk.total > 0) {
+            return Err(VerifyError::Malformed {
+                what: "checkpoint chunk",
+                why: "the chunk is empty or lies outside the state",
+            });
+        }
+        if !crate::checkpoint::is_checkpoint_index(chunk.certificate.subject.index, interval) {
+            return Err(VerifyError::Malformed {
+                what: "checkpoint chunk",
+                why: "the certificate is not at a checkpoint index",
+            });
+        }
+        self.verify_certificate(&chunk.certificate, Phase::Commit)?;
+        Ok(chunk)
     }
 
     /// Verifies an equivocation proof: two different entry hashes at one `(term, index)`, both

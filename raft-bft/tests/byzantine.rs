@@ -150,6 +150,59 @@ fn adversaries_have_an_effect() {
     assert_all_ok(reports);
 }
 
+/// Replicas catching up through a Byzantine peer: a damaged snapshot fails verification, entries
+/// that are not the certified ones are refused by the verifier, and a stale checkpoint is
+/// refused as stale; each time the replica turns to another peer, and every run passes. Seven
+/// replicas, so that one correct replica at a time can crash and lose its disk (the catching up
+/// these adversaries prey on).
+#[test]
+fn replicas_catching_up_refuse_bad_state_from_a_byzantine_peer() {
+    let config = |strategy, seed, adversary: bool| {
+        let mut c = SimConfig::varied(seed, 7).with_byzantine(strategy, 1);
+        c.wipe_prob = 0.5;
+        if !adversary {
+            c.byzantine = None;
+        }
+        c
+    };
+    let effects = [
+        Effect {
+            name: "damaged snapshots refused",
+            strategy: Strategy::BadSnapshot,
+            seeds: 6,
+            count: |c| count(&c.replica_refusals, "checkpoint failed verification"),
+        },
+        Effect {
+            name: "bad entries refused",
+            strategy: Strategy::BadEntries,
+            seeds: 6,
+            count: |c| count(&c.verify_errors, "entries:"),
+        },
+        Effect {
+            name: "stale checkpoints refused",
+            strategy: Strategy::StaleCheckpoint,
+            seeds: 6,
+            count: |c| count(&c.replica_refusals, "stale checkpoint"),
+        },
+    ];
+    let mut reports = Vec::new();
+    for effect in &effects {
+        let (mut with, mut without) = (0, 0);
+        for seed in 0..effect.seeds {
+            let r = sim::run(config(effect.strategy, seed, true));
+            with += (effect.count)(&r.counters);
+            without += (effect.count)(&sim::run(config(effect.strategy, seed, false)).counters);
+            reports.push(r);
+        }
+        assert!(
+            with > 2 * without + 2,
+            "{}: {with} with the adversary, {without} without",
+            effect.name
+        );
+    }
+    assert_all_ok(reports);
+}
+
 #[test]
 fn byzantine_runs_are_deterministic() {
     for s in [
@@ -201,6 +254,21 @@ fn mutant_skip_pc_check_is_caught() {
 #[test]
 fn mutant_forget_votes_is_caught() {
     mutant_is_caught(Mutant::ForgetVotes, 40, "voted twice");
+}
+
+/// A replica whose state machine is not deterministic is caught by the digest monitor, and the
+/// replica itself detects the divergence from the execution certificates, stops executing, and
+/// recovers by state transfer; the cluster stays live.
+#[test]
+fn mutant_nondeterministic_is_detected_as_divergence() {
+    mutant_is_caught(Mutant::Nondeterministic, 10, "diverged");
+    let (seed, report) = first_catch(Mutant::Nondeterministic, 10).expect("caught above");
+    let c = &report.counters;
+    assert!(
+        c.divergences > 0 && c.state_transfers > 0,
+        "seed {seed}: the replica must detect the divergence and recover by state transfer\n{report}"
+    );
+    assert!(report.liveness_failure.is_none(), "{report}");
 }
 
 /// Beyond the fault model: `f + 1` twins (two keys, each run by two instances) hold a quorum on

@@ -20,9 +20,9 @@ use raft_bft::config::Params;
 use raft_bft::manifest::{Manifest, ReplicaInfo};
 use raft_bft::merkle::MerkleProof;
 use raft_bft::message::{
-    Certificate, Entry, EntryHeader, EquivocationProof, Heartbeat, NewTerm, Outcome, Phase,
-    PreAppend, PreparedEntry, Rejection, ReplicaMessage, Reply, SignedTx, TermChange, Vote,
-    VoteSubject,
+    Certificate, CheckpointChunk, Entry, EntryHeader, EquivocationProof, Heartbeat, NewTerm,
+    Outcome, Phase, PreAppend, PreparedEntry, Rejection, ReplicaMessage, Reply, SignedTx,
+    TermChange, Vote, VoteSubject,
 };
 use raft_bft::types::{Digest, Index, PublicKey, ReplicaId, Signature, Term};
 use serde::de::DeserializeOwned;
@@ -228,6 +228,27 @@ fn replica_message() -> impl Strategy<Value = ReplicaMessage> {
                 certificate,
             }
         }),
+        state_transfer_message(),
+    ]
+}
+
+/// The checkpoint and status messages (kept apart so `prop_oneof!` stays within its arity).
+fn state_transfer_message() -> impl Strategy<Value = ReplicaMessage> {
+    prop_oneof![
+        (index(), any::<u64>())
+            .prop_map(|(above, offset)| ReplicaMessage::FetchCheckpoint { above, offset }),
+        (certificate(), any::<u64>(), any::<u64>(), bytes(64)).prop_map(
+            |(certificate, total, offset, data)| {
+                ReplicaMessage::CheckpointChunk(CheckpointChunk {
+                    certificate,
+                    total,
+                    offset,
+                    data,
+                })
+            }
+        ),
+        Just(ReplicaMessage::FetchStatus),
+        certificate().prop_map(ReplicaMessage::Status),
     ]
 }
 
@@ -299,7 +320,7 @@ fn params() -> impl Strategy<Value = Params> {
             any::<u32>(),
             any::<u32>(),
         ),
-        (any::<u32>(), any::<u64>()),
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
     )
         .prop_map(|(a, b, c)| Params {
             max_batch_txs: a.0,
@@ -317,6 +338,8 @@ fn params() -> impl Strategy<Value = Params> {
             max_pending_txs: b.6,
             max_pending_txs_per_client: c.0,
             max_pending_bytes: c.1,
+            max_checkpoint_bytes: c.2,
+            checkpoint_chunk_bytes: c.3,
         })
 }
 

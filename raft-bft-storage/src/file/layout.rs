@@ -271,8 +271,14 @@ pub(super) fn is_our_temp_file(name: &str) -> bool {
 /// The operations that rebuild `state` from nothing (what the base image stores).
 pub(super) fn rebuild_ops(state: &DurableState) -> Vec<PersistOp> {
     let mut ops = Vec::new();
+    if let Some(cp) = &state.checkpoint {
+        ops.push(PersistOp::Checkpoint(cp.clone()));
+    }
     if state.compacted_below > Index(0) {
         ops.push(PersistOp::CompactBelow(state.compacted_below));
+    }
+    if state.vote_floor > Index(0) {
+        ops.push(PersistOp::VoteFloor(state.vote_floor));
     }
     if let Some(nt) = &state.new_term {
         ops.push(PersistOp::EnterTerm(nt.clone()));

@@ -510,7 +510,7 @@ impl Store for FileStore {
         self.compaction_due |= batch
             .ops
             .iter()
-            .any(|op| matches!(op, PersistOp::CompactBelow(_)));
+            .any(|op| matches!(op, PersistOp::CompactBelow(_) | PersistOp::Checkpoint(_)));
         self.last_appended = Some(batch.id);
         Ok(())
     }

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::HashMap;
-use crate::crypto::{Domain, KeyPair, Transcript};
+use crate::checkpoint::{self, CheckpointError, CheckpointState, ClientRow};
+use crate::crypto::KeyPair;
 use crate::merkle::MerkleTree;
 use crate::message::{reply_batch_digest, reply_leaf, Outcome, Reply};
 use crate::state_machine::StateMachine;
@@ -23,6 +24,8 @@ const DIGEST_HISTORY: usize = 1024;
 
 pub(crate) struct Execution<S> {
     pub(crate) app: S,
+    /// Every this many entries, the digest covers the client table and a checkpoint is taken.
+    interval: u64,
     applied: Index,
     digest: Digest,
     clients: HashMap<ClientId, ClientRecord>,
@@ -35,12 +38,15 @@ pub(crate) struct Executed {
     pub(crate) replies: Vec<Reply>,
     pub(crate) executed_txs: usize,
     pub(crate) skipped_txs: usize,
+    /// The state after this entry, at a checkpoint index.
+    pub(crate) checkpoint: Option<CheckpointState>,
 }
 
 impl<S: StateMachine> Execution<S> {
-    pub(crate) fn new(app: S, cluster_id: &Digest) -> Self {
+    pub(crate) fn new(app: S, cluster_id: &Digest, interval: u64) -> Self {
         Execution {
             app,
+            interval: interval.max(1),
             applied: Index(0),
             digest: *cluster_id,
             clients: HashMap::default(),
@@ -107,13 +113,32 @@ impl<S: StateMachine> Execution<S> {
         }
         let tree = MerkleTree::new(cluster_id, &leaves);
         let results_root = tree.root(cluster_id);
-        self.digest = Transcript::new(Domain::StateDigest, cluster_id)
-            .fixed32(&self.digest.0)
-            .u64(index.0)
-            .fixed32(&entry.hash.0)
-            .fixed32(&results_root.0)
-            .fixed32(&self.app.digest().0)
-            .finish();
+        let prev_digest = self.digest;
+        let at_checkpoint = checkpoint::is_checkpoint_index(index, self.interval);
+        let rows = at_checkpoint.then(|| self.client_rows());
+        let clients = rows.as_ref().map(|rows| {
+            checkpoint::clients_hash(
+                cluster_id,
+                rows.iter().map(|r| (&r.client, r.last_ts, &r.outcome)),
+            )
+        });
+        self.digest = checkpoint::state_digest(
+            cluster_id,
+            &prev_digest,
+            index,
+            &entry.hash,
+            &results_root,
+            &self.app.digest(),
+            clients.as_ref(),
+        );
+        let checkpoint = rows.map(|clients| CheckpointState {
+            index,
+            entry_hash: entry.hash,
+            prev_digest,
+            results_root,
+            clients,
+            app: self.app.snapshot(),
+        });
         self.applied = index;
         self.history.insert(index, self.digest);
         while self.history.len() > DIGEST_HISTORY {
@@ -145,7 +170,79 @@ impl<S: StateMachine> Execution<S> {
             replies,
             executed_txs,
             skipped_txs,
+            checkpoint,
         }
+    }
+
+    /// The client table, sorted by client.
+    fn client_rows(&self) -> Vec<ClientRow> {
+        let mut rows: Vec<ClientRow> = self
+            .clients
+            .iter()
+            .map(|(client, r)| ClientRow {
+                client: *client,
+                last_ts: r.last_ts,
+                outcome: r.outcome.clone(),
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| r.client);
+        rows
+    }
+
+    /// Replaces the whole state with a checkpoint's, if it hashes to `certified`.
+    ///
+    /// The application is restored before its digest can be computed, so on
+    /// [`CheckpointError::Restore`] or [`CheckpointError::DigestMismatch`] the application's
+    /// state is lost: the caller must not execute again before a checkpoint installs.
+    pub(crate) fn restore(
+        &mut self,
+        cluster_id: &Digest,
+        state: CheckpointState,
+        certified: Digest,
+    ) -> Result<(), CheckpointError> {
+        let clients = checkpoint::clients_hash(
+            cluster_id,
+            state
+                .clients
+                .iter()
+                .map(|r| (&r.client, r.last_ts, &r.outcome)),
+        );
+        self.app
+            .restore(&state.app)
+            .map_err(CheckpointError::Restore)?;
+        let computed = checkpoint::state_digest(
+            cluster_id,
+            &state.prev_digest,
+            state.index,
+            &state.entry_hash,
+            &state.results_root,
+            &self.app.digest(),
+            Some(&clients),
+        );
+        if computed != certified {
+            return Err(CheckpointError::DigestMismatch {
+                certified,
+                computed,
+            });
+        }
+        self.applied = state.index;
+        self.digest = computed;
+        self.clients = state
+            .clients
+            .into_iter()
+            .map(|r| {
+                (
+                    r.client,
+                    ClientRecord {
+                        last_ts: r.last_ts,
+                        outcome: r.outcome,
+                    },
+                )
+            })
+            .collect();
+        self.history.clear();
+        self.history.insert(state.index, computed);
+        Ok(())
     }
 }
 

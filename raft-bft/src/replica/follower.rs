@@ -75,6 +75,12 @@ impl<S: StateMachine> Replica<S> {
             entry_hash: entry.hash,
             state_digest: None,
         };
+        if index <= self.log.base() {
+            // Compacted here: committed, so the chosen log (which this entry matches) holds the
+            // committed entry at this index, and the vote changes nothing (see
+            // `docs/protocol.md`, "Checkpoints").
+            return self.terms.chosen.get(&index) == Some(&entry.hash) && self.vote(subject);
+        }
         if index <= self.log.tip() {
             let Some(slot) = self.log.get_mut(index) else {
                 return false;
@@ -227,7 +233,13 @@ impl<S: StateMachine> Replica<S> {
             // Committed here already. A new leader that was behind re-proposes it in its term
             // and can only commit it with our Append vote: give it (the same entry, already
             // committed, so the vote changes nothing here).
-            if self.log.hash_at(s.index) == Some(s.entry_hash) {
+            let held = self.log.hash_at(s.index).or_else(|| {
+                // Compacted here: the chosen log holds the committed entry (see above).
+                (s.index < self.log.base())
+                    .then(|| self.terms.chosen.get(&s.index).copied())
+                    .flatten()
+            });
+            if held == Some(s.entry_hash) {
                 self.vote(VoteSubject {
                     phase: Phase::Append,
                     ..s
@@ -404,6 +416,9 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let from = self.log.commit_index().next();
+        // No further than the log may hold above its checkpoint; the rest once it moved up.
+        let limit = self.cluster.params().max_log_entries();
+        let target = target.min(Index(self.log.base().0.saturating_add(limit)));
         if target < from {
             return;
         }
@@ -460,6 +475,11 @@ impl<S: StateMachine> Replica<S> {
     /// speed, while a peer cannot make this replica send the same entries over and over.
     pub(super) fn serve_fetch(&mut self, peer: ReplicaId, from: Index, to: Index) {
         if peer == self.id || from > self.log.commit_index() {
+            return;
+        }
+        if from <= self.log.base() {
+            // Compacted away here: the peer needs the checkpoint instead.
+            self.serve_checkpoint(peer, Index(from.0.saturating_sub(1)), 0);
             return;
         }
         if !self.may_serve(peer, from) {
@@ -531,8 +551,15 @@ impl<S: StateMachine> Replica<S> {
         certificate: Certificate,
     ) {
         let commit_before = self.log.commit_index();
+        if !self.within_report_limit(certificate.subject.index) {
+            self.refuse("fetched entries beyond what the log may hold above its checkpoint");
+            return;
+        }
         for entry in entries {
             let index = entry.entry.index;
+            if index <= self.log.base() {
+                continue; // covered by the stable checkpoint
+            }
             if index <= self.log.tip() {
                 if self.log.hash_at(index) == Some(entry.hash) {
                     continue;

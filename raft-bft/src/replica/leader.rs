@@ -57,6 +57,10 @@ pub(crate) struct LeaderState {
     /// Commit votes by index: each replica's first vote (its digest and signature).
     exec_tally: BTreeMap<Index, BTreeMap<ReplicaId, (Digest, Signature)>>,
     last_ec: Index,
+    /// The newest checkpoint index with an EC formed here: the EC of every checkpoint index is
+    /// formed even when a later one formed first (a replica's checkpoint becomes stable only
+    /// with the EC of its own index).
+    last_checkpoint_ec: Index,
     /// When the leader last sent all replicas something (a proposal or a heartbeat).
     last_broadcast: Time,
 }
@@ -79,6 +83,9 @@ impl LeaderState {
             inflight: BTreeMap::new(),
             exec_tally: BTreeMap::new(),
             last_ec: log.commit_index(),
+            // Checkpoints above the stable one may still lack their EC (a term change can cut
+            // the gathering of Commit votes short): this leader gathers them again.
+            last_checkpoint_ec: log.base(),
             last_broadcast: Time(0),
         }
     }
@@ -336,10 +343,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         leader.last_broadcast = now;
-        let commit = self
-            .log
-            .get(self.log.commit_index())
-            .and_then(|slot| slot.committed.clone());
+        let commit = self.log.commit_certificate().cloned();
         let hb = Heartbeat::sign(&self.cluster_id, &self.key, self.term, commit);
         self.metrics.heartbeats_sent += 1;
         self.send(Target::AllOthers, ReplicaMessage::Heartbeat(hb));
@@ -414,7 +418,11 @@ impl<S: StateMachine> Replica<S> {
         };
         let s = vote.subject;
         let Some(digest) = s.state_digest else { return };
-        if s.index <= leader.last_ec || s.index < oldest {
+        let interval = self.cluster.params().checkpoint_interval;
+        let open_checkpoint = |leader: &LeaderState, i: Index| {
+            crate::checkpoint::is_checkpoint_index(i, interval) && i > leader.last_checkpoint_ec
+        };
+        if (s.index <= leader.last_ec && !open_checkpoint(leader, s.index)) || s.index < oldest {
             return; // certified already, or too old to matter
         }
         if s.index > commit_index || self.log.hash_at(s.index) != Some(s.entry_hash) {
@@ -450,9 +458,18 @@ impl<S: StateMachine> Replica<S> {
             subject: s,
             sigs: matching,
         };
-        leader.last_ec = s.index;
-        leader.exec_tally = leader.exec_tally.split_off(&s.index.next());
-        leader.inflight = leader.inflight.split_off(&s.index.next());
+        leader.last_ec = leader.last_ec.max(s.index);
+        if crate::checkpoint::is_checkpoint_index(s.index, interval) {
+            leader.last_checkpoint_ec = leader.last_checkpoint_ec.max(s.index);
+        }
+        // Checkpoint indices still without an EC keep gathering Commit votes.
+        let (last_ec, last_checkpoint) = (leader.last_ec, leader.last_checkpoint_ec);
+        let open = |i: &Index| {
+            *i > last_ec
+                || (crate::checkpoint::is_checkpoint_index(*i, interval) && *i > last_checkpoint)
+        };
+        leader.exec_tally.retain(|i, _| open(i));
+        leader.inflight.retain(|i, _| open(i));
         self.metrics.certificates_formed += 1;
         self.send(Target::AllOthers, ReplicaMessage::Executed(ec.clone()));
         self.note_execution_certificate(ec);
@@ -471,10 +488,7 @@ impl<S: StateMachine> Replica<S> {
         let n = self.cluster.n() as u32;
         let me = self.id;
         let now = self.now;
-        let latest_cc = self
-            .log
-            .get(self.log.commit_index())
-            .and_then(|slot| slot.committed.clone());
+        let latest_cc = self.log.commit_certificate().cloned();
         let oldest = Index(
             self.log
                 .commit_index()

@@ -18,11 +18,15 @@ pub(crate) struct Slot {
     pub(crate) proposal: Option<(Term, Signature)>,
 }
 
-/// Entries `1..=tip`, contiguous. Index 0 is genesis, whose hash is the cluster id.
+/// Entries `base + 1..=tip`, contiguous and chained to the base: genesis (index 0, whose hash
+/// is the cluster id) or the stable checkpoint the log was compacted to.
 #[derive(Debug)]
 pub(crate) struct Log {
-    genesis_hash: Digest,
-    slots: Vec<Slot>,
+    base: Index,
+    base_hash: Digest,
+    /// The commit certificate of the base entry, if this replica held one when it compacted.
+    base_committed: Option<Certificate>,
+    slots: std::collections::VecDeque<Slot>,
     /// Highest index known committed (every entry up to it is present).
     commit_index: Index,
     /// Per client, the highest `ts` among the log's txs (executed or not).
@@ -32,42 +36,100 @@ pub(crate) struct Log {
 impl Log {
     pub(crate) fn new(genesis_hash: Digest) -> Self {
         Log {
-            genesis_hash,
-            slots: Vec::new(),
+            base: Index(0),
+            base_hash: genesis_hash,
+            base_committed: None,
+            slots: std::collections::VecDeque::new(),
             commit_index: Index(0),
             highest_ts: HashMap::default(),
         }
     }
 
     pub(crate) fn tip(&self) -> Index {
-        Index(self.slots.len() as u64)
+        Index(self.base.0 + self.slots.len() as u64)
+    }
+
+    /// The index the log starts above (0, or the checkpoint it was compacted to).
+    pub(crate) fn base(&self) -> Index {
+        self.base
     }
 
     pub(crate) fn tip_hash(&self) -> Digest {
-        self.slots
-            .last()
-            .map_or(self.genesis_hash, |s| s.entry.hash)
+        self.slots.back().map_or(self.base_hash, |s| s.entry.hash)
     }
 
     pub(crate) fn commit_index(&self) -> Index {
         self.commit_index
     }
 
+    fn position(&self, index: Index) -> Option<usize> {
+        let above = index.0.checked_sub(self.base.0)?.checked_sub(1)?;
+        usize::try_from(above).ok()
+    }
+
     pub(crate) fn get(&self, index: Index) -> Option<&Slot> {
-        let i = usize::try_from(index.0).ok()?.checked_sub(1)?;
-        self.slots.get(i)
+        self.slots.get(self.position(index)?)
     }
 
     pub(crate) fn get_mut(&mut self, index: Index) -> Option<&mut Slot> {
-        let i = usize::try_from(index.0).ok()?.checked_sub(1)?;
+        let i = self.position(index)?;
         self.slots.get_mut(i)
     }
 
+    /// The hash of the entry at `index`: held, or the base's (unknown below the base).
     pub(crate) fn hash_at(&self, index: Index) -> Option<Digest> {
-        if index == Index(0) {
-            return Some(self.genesis_hash);
+        if index == self.base {
+            return Some(self.base_hash);
         }
         self.get(index).map(|s| s.entry.hash)
+    }
+
+    /// Forgets the entries up to `index` (committed and covered by a stable checkpoint whose
+    /// entry is the one held at `index`): the log then starts above it.
+    pub(crate) fn compact_to(&mut self, index: Index) {
+        let Some(hash) = self.hash_at(index) else {
+            debug_assert!(false, "compaction to {index}, which the log does not hold");
+            return;
+        };
+        if index <= self.base {
+            return;
+        }
+        debug_assert!(index <= self.commit_index);
+        let drop = (index.0 - self.base.0) as usize;
+        let committed = self.get(index).and_then(|s| s.committed.clone());
+        self.slots.drain(..drop.min(self.slots.len()));
+        self.base = index;
+        self.base_hash = hash;
+        self.base_committed = committed;
+    }
+
+    /// The commit certificate at the commit index, if held (it proves how far this replica
+    /// committed).
+    pub(crate) fn commit_certificate(&self) -> Option<&Certificate> {
+        match self.get(self.commit_index) {
+            Some(slot) => slot.committed.as_ref(),
+            None if self.commit_index == self.base => self.base_committed.as_ref(),
+            None => None,
+        }
+    }
+
+    /// Starts the log over above a checkpoint at `index` whose entry has `hash`: keeps the
+    /// entries above it if they chain to it, drops everything else. Returns true if entries
+    /// above were dropped.
+    pub(crate) fn restart_at(&mut self, index: Index, hash: Digest) -> bool {
+        if self.hash_at(index) == Some(hash) {
+            self.commit_index = self.commit_index.max(index);
+            self.compact_to(index);
+            return false;
+        }
+        let dropped = self.tip() > index;
+        self.slots.clear();
+        self.base = index;
+        self.base_hash = hash;
+        self.base_committed = None;
+        self.commit_index = index;
+        self.recount_highest_ts();
+        dropped
     }
 
     /// Appends an entry that extends the tip; the caller checked index and chain.
@@ -78,7 +140,7 @@ impl Log {
             let ts = self.highest_ts.entry(tx.client).or_insert(0);
             *ts = (*ts).max(tx.ts);
         }
-        self.slots.push(Slot {
+        self.slots.push_back(Slot {
             entry,
             prepared: None,
             committed: None,
@@ -89,15 +151,21 @@ impl Log {
     /// Drops entries from `index` on; none of them may be committed.
     pub(crate) fn truncate_from(&mut self, index: Index) {
         debug_assert!(index > self.commit_index);
-        let keep = index.0.saturating_sub(1) as usize;
+        let keep = index.0.saturating_sub(1).saturating_sub(self.base.0) as usize;
         if keep < self.slots.len() {
             self.slots.truncate(keep);
-            self.highest_ts.clear();
-            for s in &self.slots {
-                for tx in &s.entry.entry.txs {
-                    let ts = self.highest_ts.entry(tx.client).or_insert(0);
-                    *ts = (*ts).max(tx.ts);
-                }
+            self.recount_highest_ts();
+        }
+    }
+
+    /// Recomputes the per-client highest `ts` from the entries held. Txs of compacted entries
+    /// were executed, so the execution's client table covers them.
+    fn recount_highest_ts(&mut self) {
+        self.highest_ts.clear();
+        for s in &self.slots {
+            for tx in &s.entry.entry.txs {
+                let ts = self.highest_ts.entry(tx.client).or_insert(0);
+                *ts = (*ts).max(tx.ts);
             }
         }
     }
@@ -136,17 +204,17 @@ impl Log {
     /// The newest index at or below `limit` that holds a commit certificate.
     pub(crate) fn last_certified_at_or_below(&self, limit: Index) -> Option<Index> {
         let top = limit.min(self.commit_index);
-        (1..=top.0)
+        (self.base.0 + 1..=top.0)
             .rev()
             .map(Index)
             .find(|i| self.get(*i).is_some_and(|s| s.committed.is_some()))
     }
 
     /// A committed-entry map for checkers.
+    /// The committed entries held (those above the base).
     pub(crate) fn committed_entries(&self) -> impl Iterator<Item = &CheckedEntry> {
-        self.slots[..self.commit_index.0 as usize]
-            .iter()
-            .map(|s| &s.entry)
+        let count = self.commit_index.0.saturating_sub(self.base.0) as usize;
+        self.slots.iter().take(count).map(|s| &s.entry)
     }
 
     pub(crate) fn len(&self) -> usize {

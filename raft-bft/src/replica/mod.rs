@@ -9,6 +9,7 @@
 //! This covers the normal case: one term, its leader batching and pipelining entries through
 //! PreAppend, Append and Commit, execution, replies and execution certificates.
 
+mod checkpoints;
 pub(crate) mod execution;
 mod follower;
 mod leader;
@@ -55,6 +56,14 @@ pub enum ReplicaError {
     /// The id is not in the manifest.
     #[error("replica {0} is not in the manifest")]
     NotAMember(ReplicaId),
+    /// The durable checkpoint does not decode or does not match its certificate.
+    #[error("durable checkpoint at index {index} is unusable: {error}")]
+    BadCheckpoint {
+        /// Its index.
+        index: Index,
+        /// What is wrong.
+        error: crate::checkpoint::CheckpointError,
+    },
     /// The durable log is not a hash chain from genesis.
     #[error("durable log is inconsistent at index {index}: {why}")]
     InconsistentLog {
@@ -90,6 +99,12 @@ pub struct Metrics {
     pub terms_entered: u64,
     /// Heartbeats sent as leader.
     pub heartbeats_sent: u64,
+    /// Checkpoints this replica took that became stable (its log was compacted to them).
+    pub checkpoints: u64,
+    /// Checkpoints installed from a peer (state transfers).
+    pub state_transfers: u64,
+    /// Times this replica found its state digest differing from an execution certificate.
+    pub divergences: u64,
     /// Inputs refused by the protocol logic, by reason.
     pub refused: BTreeMap<&'static str, u64>,
 }
@@ -128,6 +143,10 @@ pub struct Replica<S> {
     /// TermChange, and of how far ahead it accepts proposals.
     stable_ec: Option<Certificate>,
     diverged: Option<Divergence>,
+    checkpoints: checkpoints::Checkpoints,
+    /// Set while rebuilding after a lost disk (see [`Replica::rebuild`]): no votes until the
+    /// stable checkpoint reaches it (`Index(u64::MAX)`: not known yet). `Index(0)`: none.
+    vote_floor: Index,
     outbox: Outbox,
     metrics: Metrics,
 }
@@ -147,16 +166,8 @@ impl<S: StateMachine> Replica<S> {
         if *expected != key.public() {
             return Err(ReplicaError::WrongKey { id });
         }
-        if durable.compacted_below > Index(0) {
-            // Starting from a checkpoint (a compacted log plus a snapshot) comes with state
-            // transfer; until then a compacted state cannot be resumed.
-            return Err(ReplicaError::InconsistentLog {
-                index: durable.compacted_below,
-                why: "the log was compacted below this index, and this build cannot start \
-                      from a checkpoint",
-            });
-        }
         let cluster_id = *cluster.cluster_id();
+        let interval = cluster.params().checkpoint_interval;
         let mut replica = Replica {
             cluster_id,
             id,
@@ -164,7 +175,7 @@ impl<S: StateMachine> Replica<S> {
             now,
             term: Term(0),
             log: Log::new(cluster_id),
-            exec: Execution::new(app, &cluster_id),
+            exec: Execution::new(app, &cluster_id, interval),
             votes: durable.votes,
             leader: None,
             follower: follower::FollowerState::default(),
@@ -173,10 +184,13 @@ impl<S: StateMachine> Replica<S> {
             latest_ec: None,
             stable_ec: None,
             diverged: None,
+            checkpoints: checkpoints::Checkpoints::default(),
+            vote_floor: durable.vote_floor,
             outbox: Outbox::new(),
             metrics: Metrics::default(),
             cluster,
         };
+        replica.restore_checkpoint(durable.checkpoint, durable.compacted_below)?;
         replica.recover(durable.entries, durable.certificates)?;
         replica.term = durable.term;
         if let Some(nt) = durable.new_term {
@@ -200,9 +214,11 @@ impl<S: StateMachine> Replica<S> {
         if durable.seeking {
             // Ask again for the term we were seeking when we stopped.
             replica.terms.seeking = true;
-            let tc = replica.own_term_change_for_restart();
-            replica.send(Target::AllOthers, ReplicaMessage::TermChange(tc));
-        } else if replica.cluster.leader_of(replica.term) == id {
+            if !replica.rebuilding() {
+                let tc = replica.own_term_change_for_restart();
+                replica.send(Target::AllOthers, ReplicaMessage::TermChange(tc));
+            }
+        } else if replica.cluster.leader_of(replica.term) == id && !replica.rebuilding() {
             replica.leader = Some(LeaderState::new(&replica.log));
             replica.resume_proposals();
             replica.repropose_chosen();
@@ -210,16 +226,83 @@ impl<S: StateMachine> Replica<S> {
         Ok(replica)
     }
 
+    /// Starts a replica whose durable state was lost or found corrupt, from nothing: it
+    /// rebuilds its state from its peers (a checkpoint and the entries above it).
+    ///
+    /// It no longer knows what it voted for, so it must not vote again where it may have voted
+    /// before: it asks its peers how far they committed (each answer proved by a certificate),
+    /// and casts no vote, proposes nothing and reports no prepared entry until its stable
+    /// checkpoint passes the highest of `q` answers plus the most entries a replica holds above
+    /// its checkpoint. Until then it counts against the `f` faulty replicas the cluster
+    /// tolerates. The caller gives it a fresh, empty store; the restriction is persisted, so a
+    /// crash while rebuilding does not end it.
+    pub fn rebuild(
+        cluster: Arc<Cluster>,
+        id: ReplicaId,
+        key: KeyPair,
+        app: S,
+        now: Time,
+    ) -> Result<Self, ReplicaError> {
+        let floor = Index(u64::MAX);
+        let durable = DurableState {
+            vote_floor: floor,
+            ..DurableState::default()
+        };
+        let mut replica = Replica::new(cluster, id, key, app, durable, now)?;
+        tracing::warn!(replica = %id, "rebuilding from peers: no votes until caught up");
+        replica.persist(PersistOp::VoteFloor(floor));
+        Ok(replica)
+    }
+
+    /// Restores the durable checkpoint, if any: the state it holds, and the log's base.
+    fn restore_checkpoint(
+        &mut self,
+        checkpoint: Option<Arc<crate::checkpoint::Checkpoint>>,
+        compacted_below: Index,
+    ) -> Result<(), ReplicaError> {
+        let Some(cp) = checkpoint else {
+            if compacted_below > Index(0) {
+                return Err(ReplicaError::InconsistentLog {
+                    index: compacted_below,
+                    why: "the log was compacted, but no checkpoint was kept",
+                });
+            }
+            return Ok(());
+        };
+        let index = cp.index();
+        if compacted_below > index.next() {
+            return Err(ReplicaError::InconsistentLog {
+                index: compacted_below,
+                why: "the log was compacted beyond the checkpoint kept",
+            });
+        }
+        let params = self.cluster.params();
+        let state = cp
+            .decode(params.checkpoint_interval, params.max_checkpoint_bytes)
+            .map_err(|e| ReplicaError::BadCheckpoint { index, error: e })?;
+        let certified = cp.certificate.subject.state_digest.unwrap_or(Digest::ZERO);
+        self.exec
+            .restore(&self.cluster_id, state, certified)
+            .map_err(|e| ReplicaError::BadCheckpoint { index, error: e })?;
+        self.log.restart_at(index, cp.entry_hash());
+        self.latest_ec = Some(cp.certificate.clone());
+        self.stable_ec = Some(cp.certificate.clone());
+        self.checkpoints.stable = Some(cp);
+        Ok(())
+    }
+
     fn recover(
         &mut self,
         entries: BTreeMap<Index, Arc<Entry>>,
         certificates: BTreeMap<(Phase, Index), Certificate>,
     ) -> Result<(), ReplicaError> {
-        for (index, entry) in entries {
+        let base = self.log.base();
+        for (index, entry) in entries.range(base.next()..) {
+            let (index, entry) = (*index, Arc::clone(entry));
             if index != self.log.tip().next() || entry.index != index {
                 return Err(ReplicaError::InconsistentLog {
                     index,
-                    why: "entries are not contiguous from 1",
+                    why: "entries are not contiguous from the checkpoint (or 1)",
                 });
             }
             if entry.prev_hash != self.log.tip_hash() {
@@ -269,6 +352,9 @@ impl<S: StateMachine> Replica<S> {
             let done = self.exec.execute(&self.cluster_id, &slot.entry, None);
             self.metrics.executed_entries += 1;
             self.metrics.executed_txs += done.executed_txs as u64;
+            if let Some(state) = done.checkpoint {
+                self.took_checkpoint(state);
+            }
         }
         self.check_execution_certificate();
         Ok(())
@@ -312,6 +398,7 @@ impl<S: StateMachine> Replica<S> {
         self.leader_tick();
         self.follower_tick();
         self.term_tick();
+        self.checkpoint_tick();
         self.after_input();
     }
 
@@ -385,6 +472,12 @@ impl<S: StateMachine> Replica<S> {
                 entries,
                 certificate,
             } => self.on_entries(from, entries, certificate),
+            VerifiedMessage::FetchCheckpoint { above, offset } => {
+                self.serve_checkpoint(from, above, offset)
+            }
+            VerifiedMessage::CheckpointChunk(chunk) => self.on_checkpoint_chunk(from, chunk),
+            VerifiedMessage::FetchStatus => self.serve_status(from),
+            VerifiedMessage::Status(cert) => self.on_status(from, cert),
         }
     }
 
@@ -429,6 +522,9 @@ impl<S: StateMachine> Replica<S> {
         if self.terms.seeking || subject.term != self.term {
             return false; // no votes while changing terms, nor in any term but the current one
         }
+        if self.rebuilding() {
+            return false; // it may have voted otherwise before it lost its disk
+        }
         let key = (subject.phase, subject.term, subject.index);
         match self.votes.get(&key) {
             Some(prev) if *prev != subject => {
@@ -456,7 +552,10 @@ impl<S: StateMachine> Replica<S> {
 
     /// Applies committed entries in order, sending replies and Commit votes.
     fn execute_committed(&mut self) {
-        while self.diverged.is_none() && self.exec.applied() < self.log.commit_index() {
+        while self.diverged.is_none()
+            && self.checkpoints.needed_above.is_none()
+            && self.exec.applied() < self.log.commit_index()
+        {
             let index = self.exec.applied().next();
             let Some(slot) = self.log.get(index) else {
                 break;
@@ -471,6 +570,7 @@ impl<S: StateMachine> Replica<S> {
             if !done.replies.is_empty() {
                 self.outbox.push(Out::Replies(done.replies));
             }
+            let checkpoint = done.checkpoint;
             self.vote(VoteSubject {
                 phase: Phase::Commit,
                 term: self.term,
@@ -478,11 +578,15 @@ impl<S: StateMachine> Replica<S> {
                 entry_hash: hash,
                 state_digest: Some(done.digest),
             });
+            if let Some(state) = checkpoint {
+                self.took_checkpoint(state);
+            }
             self.check_execution_certificate();
         }
     }
 
     fn note_execution_certificate(&mut self, ec: Certificate) {
+        self.note_checkpoint_certificate(&ec);
         if self
             .latest_ec
             .as_ref()
@@ -506,18 +610,12 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// The index of the stable execution certificate (0: genesis).
-    fn stable_index(&self) -> Index {
-        self.stable_ec
-            .as_ref()
-            .map_or(Index(0), |ec| ec.subject.index)
-    }
-
-    /// True if this replica may hold an entry at `index`: within what its TermChange can
-    /// report above its stable certificate.
+    /// True if this replica may hold an entry at `index`: within `max_log_entries` of its
+    /// stable checkpoint (the log's base), and so within what its TermChange can report above
+    /// its stable certificate (which is at or above the checkpoint).
     fn within_report_limit(&self, index: Index) -> bool {
-        let limit = self.cluster.params().max_prepared_per_term_change();
-        index.0 <= self.stable_index().0.saturating_add(limit)
+        let limit = self.cluster.params().max_log_entries();
+        index.0 <= self.log.base().0.saturating_add(limit)
     }
 
     /// Compares this replica's digest with the newest execution certificate it can check.
@@ -542,6 +640,9 @@ impl<S: StateMachine> Replica<S> {
                     certified,
                     local,
                 });
+                self.metrics.divergences += 1;
+                // Recovery: a peer's checkpoint at or above the index that disagrees.
+                self.need_checkpoint_from(index);
             }
             _ => {}
         }
@@ -554,7 +655,18 @@ impl<S: StateMachine> Replica<S> {
             .and_then(|l| l.next_deadline(&self.cluster));
         let follower = self.follower.next_deadline(&self.cluster);
         let term = self.term_deadline();
-        [leader, follower, term].into_iter().flatten().min()
+        let checkpoints = self
+            .checkpoints
+            .next_deadline(self.cluster.params().heartbeat_interval * 4)
+            .or_else(|| {
+                // Asking for a checkpoint (or the status, while rebuilding) starts on a tick.
+                (self.checkpoints.needed_above.is_some() || self.rebuilding())
+                    .then(|| self.now.after(self.cluster.params().heartbeat_interval))
+            });
+        [leader, follower, term, checkpoints]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ----- inspection -----
@@ -624,6 +736,11 @@ impl<S: StateMachine> Replica<S> {
         self.log.committed_entries().map(|e| &*e.entry)
     }
 
+    /// The entry at `index`, if held (entries at and below the stable checkpoint are not).
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.log.get(index).map(|s| &*s.entry.entry)
+    }
+
     /// The hash of the entry at `index`, if present.
     pub fn entry_hash(&self, index: Index) -> Option<Digest> {
         self.log.hash_at(index)
@@ -649,9 +766,29 @@ impl<S: StateMachine> Replica<S> {
         self.latest_ec.as_ref()
     }
 
-    /// Number of entries held in memory.
+    /// Number of entries held in memory (those above the stable checkpoint).
     pub fn log_len(&self) -> usize {
         self.log.len()
+    }
+
+    /// The stable checkpoint's index (`Index(0)`: none yet).
+    pub fn checkpoint_index(&self) -> Index {
+        self.checkpoints.stable_index()
+    }
+
+    /// The stable checkpoint, if any (what this replica restarts from and serves to peers).
+    pub fn stable_checkpoint(&self) -> Option<&Arc<crate::checkpoint::Checkpoint>> {
+        self.checkpoints.stable.as_ref()
+    }
+
+    /// Votes remembered (bounded: those below the stable checkpoint are dropped).
+    pub fn votes_len(&self) -> usize {
+        self.votes.len()
+    }
+
+    /// True while this replica rebuilds after a lost disk and does not vote yet.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding()
     }
 
     /// Number of outgoing messages waiting for persistence.

@@ -97,6 +97,11 @@ impl<S: StateMachine> Replica<S> {
     /// not executed in time; and, while seeking a term, a term that does not start in time.
     pub(super) fn term_tick(&mut self) {
         let params = self.cluster.params().clone();
+        if self.rebuilding() {
+            // It says nothing about terms until rebuilt (its TermChange would not report what
+            // it held before): it only follows the terms its peers show it.
+            return;
+        }
         if self.terms.seeking {
             if self.now >= self.terms.seek_started.after(self.terms.seek_timeout) {
                 let next = self.term.next();
@@ -163,6 +168,9 @@ impl<S: StateMachine> Replica<S> {
 
     /// When the term timers next need a tick.
     pub(super) fn term_deadline(&self) -> Option<Time> {
+        if self.rebuilding() {
+            return None; // no term timers while rebuilding (see `term_tick`)
+        }
         let params = self.cluster.params();
         if self.terms.seeking {
             let repeat = self
@@ -204,6 +212,9 @@ impl<S: StateMachine> Replica<S> {
         self.terms.fetched.clear();
         self.persist(PersistOp::SeekTerm(term));
         self.terms.last_term_change_sent = self.now;
+        if self.rebuilding() {
+            return;
+        }
         let tc = self.own_term_change(term);
         self.send(Target::AllOthers, ReplicaMessage::TermChange(tc.clone()));
         self.terms.changes.insert(self.id, tc);
@@ -285,7 +296,7 @@ impl<S: StateMachine> Replica<S> {
         self.maybe_start_term(wanted);
     }
 
-    fn send_new_term_to(&mut self, peer: ReplicaId) {
+    pub(super) fn send_new_term_to(&mut self, peer: ReplicaId) {
         let Some(nt) = self.terms.new_term.clone() else {
             return;
         };
@@ -304,7 +315,11 @@ impl<S: StateMachine> Replica<S> {
 
     /// As the leader of the sought `term`, starts it once a quorum asked for it.
     fn maybe_start_term(&mut self, term: Term) {
-        if !self.terms.seeking || term != self.term || self.cluster.leader_of(term) != self.id {
+        if !self.terms.seeking
+            || term != self.term
+            || self.cluster.leader_of(term) != self.id
+            || self.rebuilding()
+        {
             return;
         }
         let changes: Vec<TermChange> = self
@@ -413,7 +428,7 @@ impl<S: StateMachine> Replica<S> {
             self.truncate_log(keep.next());
         }
         self.leader = None;
-        if self.cluster.leader_of(term) == self.id {
+        if self.cluster.leader_of(term) == self.id && !self.rebuilding() {
             self.leader = Some(LeaderState::new(&self.log));
             self.repropose_chosen();
         }

@@ -814,7 +814,7 @@ fn no_entry_is_held_beyond_what_a_term_change_can_report() {
         pipeline_depth: 1,
         ..Params::default()
     };
-    let limit = params.max_prepared_per_term_change(); // 6
+    let limit = params.max_prepared_per_term_change(); // 3
     let mut fx = Fixture::with_params(4, params);
     let mut r = fx.replica(1, DurableState::default());
     let mut disk = DurableState::default();
@@ -848,14 +848,20 @@ fn no_entry_is_held_beyond_what_a_term_change_can_report() {
             .get("pre-append beyond what a TermChange can report above the stable certificate"),
         Some(&1)
     );
-    // An execution certificate for entry 1 moves the base: the proposal is taken now.
+    // Entry 1 commits, and its execution certificate makes it a stable checkpoint (the
+    // interval is 1): the log's base moves up, and the proposal is taken now.
     let (_, hash1) = proposals[0];
-    let ec = fx.certificate(
-        subject(Phase::Commit, 1, hash1, Some(Digest([3; 32]))),
-        &[0, 2, 3],
-    );
+    let cc = fx.certificate(subject(Phase::Append, 1, hash1, None), &[0, 1, 2]);
+    let m = fx.wire(0, &ReplicaMessage::Commit(cc));
+    r.on_message(Time(2), ReplicaId(0), m);
+    let ready = r.ready();
+    persist_all(&mut r, &ready, &mut disk);
+    let digest = r.state_digest_at(Index(1)).expect("entry 1 executed");
+    let ec = fx.certificate(subject(Phase::Commit, 1, hash1, Some(digest)), &[0, 2, 3]);
     let m = fx.wire(0, &ReplicaMessage::Executed(ec));
     r.on_message(Time(2), ReplicaId(0), m);
+    assert_eq!(r.checkpoint_index(), Index(1));
+    assert_eq!(r.log_len() as u64, limit - 1, "entry 1 was compacted");
     let m = fx.wire(
         0,
         &ReplicaMessage::PreAppend(proposals[limit as usize].0.clone()),

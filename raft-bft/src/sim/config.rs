@@ -156,6 +156,13 @@ pub struct SimConfig {
     /// `max_disk_latency` (a slow disk). Persist-before-speak is still judged only by what was
     /// durable when a message left. Off by default.
     pub disk_faults: bool,
+    /// The probability that a crashed replica's disk is wiped (everything it made durable is
+    /// lost) before it restarts. A wiped replica starts with [`Replica::rebuild`]: it rebuilds
+    /// from its peers and does not vote until it has passed everything it may have voted on.
+    /// `0.0` (the default): never.
+    ///
+    /// [`Replica::rebuild`]: crate::replica::Replica::rebuild
+    pub wipe_prob: f64,
     /// Protocol parameters of the simulated cluster.
     pub params: Params,
     /// Client timing; `None`: [`ClientConfig::from_params`].
@@ -195,6 +202,7 @@ impl SimConfig {
             min_disk_latency: Duration::from_micros(50),
             max_disk_latency: Duration::from_micros(1500),
             disk_faults: false,
+            wipe_prob: 0.0,
             params: Params::default(),
             client_config: None,
             max_events: 20_000_000,
@@ -217,6 +225,10 @@ impl SimConfig {
         config.params.max_batch_txs = [1, 3, 16, 1024][rng.random_range(0..4usize)];
         config.params.max_batch_delay =
             Duration::from_micros([0, 500, 2_000, 10_000][rng.random_range(0..4usize)]);
+        // Short checkpoint intervals and small chunks, so that runs of a few hundred txs take
+        // many checkpoints and transfer checkpoints in several chunks.
+        config.params.checkpoint_interval = [4, 8, 16, 32][rng.random_range(0..4usize)];
+        config.params.checkpoint_chunk_bytes = [256, 1024, 8192][rng.random_range(0..3usize)];
         config
     }
 
@@ -269,21 +281,33 @@ impl SimConfig {
     /// - `skip-pc-check`: a `withhold-pc` leader (followers vote Append without a prepared
     ///   certificate, so a committed entry can be missing from every TermChange);
     /// - `forget-votes`: a `revote-bait` leader, with crashes of the other replicas (a restarted
-    ///   replica that forgot its vote votes again, for the other version).
+    ///   replica that forgot its vote votes again, for the other version);
+    /// - `nondeterministic`: no Byzantine replica; the last replica's state machine is not
+    ///   deterministic (see [`SimConfig::nondeterministic_replica`]).
     pub fn with_mutant(self, mutant: Mutant) -> Self {
         let f = self.replicas.saturating_sub(1) / 3;
         let mut config = match mutant {
             Mutant::QuorumOneShort => self.with_byzantine(Strategy::Twins, 1),
             Mutant::SkipPcCheck => self.with_byzantine(Strategy::WithholdPc, 1),
             Mutant::ForgetVotes => self.with_byzantine(Strategy::RevoteBait, 1),
+            Mutant::Nondeterministic => self,
         };
         if mutant == Mutant::ForgetVotes {
             config.crashes.enabled = true;
             config.crashes.max_down = Some(f.max(1));
         }
         config.mutant = Some(mutant);
-        config.stop_on_violation = true;
+        // The nondeterministic replica is run to the end: the point is that it detects its
+        // divergence and recovers (the digest monitor reports the first wrong digest at once).
+        config.stop_on_violation = mutant != Mutant::Nondeterministic;
         config
+    }
+
+    /// The replica whose state machine the `nondeterministic` mutant breaks: the last one (a
+    /// correct follower in term 0).
+    pub fn nondeterministic_replica(&self) -> Option<ReplicaId> {
+        (self.mutant == Some(Mutant::Nondeterministic) && self.replicas > 1)
+            .then(|| ReplicaId(self.replicas as u32 - 1))
     }
 
     /// The Byzantine replicas.
@@ -332,6 +356,12 @@ impl SimConfig {
             if r.as_usize() >= self.replicas {
                 return Err(format!("replica {r} is not in the cluster"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.wipe_prob) {
+            return Err(format!(
+                "wipe_prob must be a probability, not {}",
+                self.wipe_prob
+            ));
         }
         if self.check_interval.is_zero() {
             return Err("check_interval must be above zero".into());

@@ -95,7 +95,12 @@ pub struct TestKv {
     applied: u64,
     pairs: [u8; 32],
     seen: HashSet<u64>,
+    /// The XOR of the hashes of the ids in `seen`: the digest covers the exactly-once oracle
+    /// too, so a snapshot from a peer cannot carry a forged one.
+    seen_hash: [u8; 32],
     violations: Vec<String>,
+    /// The `nondeterministic` mutant: mixed into some writes of this instance only.
+    salt: Option<u64>,
 }
 
 fn pair_hash(key: u16, value: u64) -> [u8; 32] {
@@ -103,6 +108,13 @@ fn pair_hash(key: u16, value: u64) -> [u8; 32] {
     h.update(b"testkv pair");
     h.update(&key.to_le_bytes());
     h.update(&value.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+fn seen_id_hash(id: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"testkv seen");
+    h.update(&id.to_le_bytes());
     *h.finalize().as_bytes()
 }
 
@@ -116,6 +128,15 @@ impl TestKv {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that is not deterministic (the `nondeterministic` mutant): every seventh
+    /// op writes its value mixed with `salt`.
+    pub fn nondeterministic(salt: u64) -> Self {
+        TestKv {
+            salt: Some(salt),
+            ..Self::default()
+        }
     }
 
     /// The value of `key`.
@@ -145,16 +166,22 @@ impl StateMachine for TestKv {
         let Some(op) = KvOp::decode(op) else {
             return KvResult::Malformed.encode();
         };
-        if !self.seen.insert(op.id) {
+        if self.seen.insert(op.id) {
+            xor_into(&mut self.seen_hash, &seen_id_hash(op.id));
+        } else {
             self.violations
                 .push(format!("TestKv: op {} applied twice on one replica", op.id));
         }
         self.applied += 1;
-        let previous = self.values.insert(op.key, op.value);
+        let value = match self.salt {
+            Some(salt) if op.id % 7 == 0 => op.value ^ salt.max(1),
+            _ => op.value,
+        };
+        let previous = self.values.insert(op.key, value);
         if let Some(old) = previous {
             xor_into(&mut self.pairs, &pair_hash(op.key, old));
         }
-        xor_into(&mut self.pairs, &pair_hash(op.key, op.value));
+        xor_into(&mut self.pairs, &pair_hash(op.key, value));
         match previous {
             Some(v) => KvResult::Previous(v),
             None => KvResult::Absent,
@@ -166,6 +193,7 @@ impl StateMachine for TestKv {
         let mut h = blake3::Hasher::new();
         h.update(b"testkv state");
         h.update(&self.pairs);
+        h.update(&self.seen_hash);
         h.update(&self.applied.to_le_bytes());
         Digest(*h.finalize().as_bytes())
     }
@@ -186,12 +214,23 @@ impl StateMachine for TestKv {
         for (key, value) in &values {
             xor_into(&mut pairs, &pair_hash(*key, *value));
         }
+        let mut seen_hash = [0u8; 32];
+        let mut set = HashSet::with_capacity(seen.len());
+        for id in seen {
+            if set.insert(id) {
+                xor_into(&mut seen_hash, &seen_id_hash(id));
+            }
+        }
+        // What this instance found so far stays reported; the mutant stays on.
+        let violations = std::mem::take(&mut self.violations);
         *self = TestKv {
             values,
             applied,
             pairs,
-            seen: seen.into_iter().collect(),
-            violations: Vec::new(),
+            seen: set,
+            seen_hash,
+            violations,
+            salt: self.salt,
         };
         Ok(())
     }
@@ -216,6 +255,10 @@ impl Workload for KvWorkload {
 
     fn new_app(&self) -> TestKv {
         TestKv::new()
+    }
+
+    fn nondeterministic_app(&self, salt: u64) -> Option<TestKv> {
+        Some(TestKv::nondeterministic(salt))
     }
 
     fn next_op(&mut self, rng: &mut SimRng, _client: usize, op_id: u64) -> Vec<u8> {

@@ -186,6 +186,17 @@ impl Disk {
         match msg {
             ReplicaMessage::Vote(v) => {
                 let s = &v.subject;
+                let checkpoint = self
+                    .durable
+                    .checkpoint
+                    .as_ref()
+                    .map_or(Index(0), |c| c.index());
+                if s.index <= checkpoint {
+                    // Made durable, then compacted away with the log below the checkpoint (its
+                    // entry is committed and executed by a quorum); `Spoken` still checks that
+                    // it is the only vote for its slot.
+                    return None;
+                }
                 match self.durable.votes.get(&(s.phase, s.term, s.index)) {
                     Some(d) if d == s => None,
                     Some(d) => Some(format!(
@@ -197,6 +208,15 @@ impl Disk {
                         s.phase, s.term, s.index
                     )),
                 }
+            }
+            ReplicaMessage::PreAppend(p)
+                if self
+                    .durable
+                    .checkpoint
+                    .as_ref()
+                    .is_some_and(|c| c.index() >= p.entry.index) =>
+            {
+                None
             }
             ReplicaMessage::PreAppend(p) => match self.durable.entries.get(&p.entry.index) {
                 Some(e) if *e == p.entry => None,
@@ -215,12 +235,18 @@ impl Disk {
         let Outcome::Executed { index, .. } = &reply.outcome else {
             return None;
         };
+        // A durable checkpoint at or above the index proves it committed (and executed) too.
         let committed = self
             .durable
             .certificates
             .range((Phase::Append, *index)..=(Phase::Append, Index(u64::MAX)))
             .next()
-            .is_some();
+            .is_some()
+            || self
+                .durable
+                .checkpoint
+                .as_ref()
+                .is_some_and(|cp| cp.index() >= *index);
         (!committed).then(|| {
             format!(
                 "replied to a client with a result at index {index} before a commit certificate \

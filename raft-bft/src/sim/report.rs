@@ -59,6 +59,16 @@ pub struct Counters {
     pub fetches: u64,
     /// Client re-sends to all replicas after a timeout.
     pub client_retries: u64,
+    /// Checkpoints that became stable at a correct replica (it compacted its log to them).
+    pub checkpoints: u64,
+    /// Checkpoints correct replicas installed from a peer.
+    pub state_transfers: u64,
+    /// Times a correct replica found its state digest differing from an execution certificate.
+    pub divergences: u64,
+    /// Disks wiped while their replica was down.
+    pub wipes: u64,
+    /// The most log entries a correct replica held in memory at once (a maximum, not a sum).
+    pub max_log_entries: u64,
 }
 
 impl Counters {
@@ -86,6 +96,11 @@ impl Counters {
             retransmissions,
             fetches,
             client_retries,
+            checkpoints,
+            state_transfers,
+            divergences,
+            wipes,
+            max_log_entries,
             decode_errors,
             verify_errors,
             replica_refusals,
@@ -110,6 +125,11 @@ impl Counters {
         self.retransmissions += retransmissions;
         self.fetches += fetches;
         self.client_retries += client_retries;
+        self.checkpoints += checkpoints;
+        self.state_transfers += state_transfers;
+        self.divergences += divergences;
+        self.wipes += wipes;
+        self.max_log_entries = self.max_log_entries.max(*max_log_entries);
         for (k, v) in decode_errors {
             *self.decode_errors.entry(k.clone()).or_insert(0) += v;
         }
@@ -197,7 +217,8 @@ impl fmt::Display for SimReport {
             "  events {} sent {} delivered {} dropped {} partitioned {} to-crashed {} dup {} \
              corrupted {} crashes {} restarts {} partitions {} lost-batches {} retransmissions {} \
              fetches {} client-retries {} invalid-replies {} disk-kept-batches {} torn-writes {} \
-             slow-syncs {}",
+             slow-syncs {} checkpoints {} state-transfers {} divergences {} wipes {} \
+             max-log-entries {}",
             c.events,
             c.messages_sent,
             c.messages_delivered,
@@ -216,7 +237,12 @@ impl fmt::Display for SimReport {
             c.invalid_replies,
             c.disk_kept_batches,
             c.torn_writes,
-            c.slow_syncs
+            c.slow_syncs,
+            c.checkpoints,
+            c.state_transfers,
+            c.divergences,
+            c.wipes,
+            c.max_log_entries
         )?;
         for (name, map) in [
             ("decode errors", &c.decode_errors),

@@ -22,6 +22,10 @@ pub trait ShadowStore: Send {
 
     /// Everything the store holds, as the restarted replica loads it.
     fn load(&mut self) -> Result<DurableState, String>;
+
+    /// The disk was wiped while the replica was down: the store is replaced by a new, empty
+    /// one (as an operator would create for a replica told to rebuild).
+    fn wipe(&mut self) -> Result<(), String>;
 }
 
 /// Opens the shadow store of simulated node `node` (its index in the run; a Byzantine

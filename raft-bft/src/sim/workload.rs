@@ -65,6 +65,14 @@ pub trait Workload {
     /// replay of the checker).
     fn new_app(&self) -> Self::App;
 
+    /// For the `nondeterministic` mutant: an application that departs from the deterministic one
+    /// in a way that depends on `salt` (`None`: the workload has no such variant, and the
+    /// mutant leaves it alone).
+    fn nondeterministic_app(&self, salt: u64) -> Option<Self::App> {
+        let _ = salt;
+        None
+    }
+
     /// The op that client `client` submits next. `op_id` is unique in the run.
     fn next_op(&mut self, rng: &mut SimRng, client: usize, op_id: u64) -> Vec<u8>;
 

@@ -31,6 +31,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) rng: &'a mut SimRng,
     /// Number of simulated clients.
     pub(crate) clients: usize,
+    /// Its replica's stable checkpoint.
+    pub(crate) checkpoint: Option<Arc<crate::checkpoint::Checkpoint>>,
 }
 
 /// One thing the adversary puts on the network.
@@ -110,6 +112,8 @@ pub(crate) struct Adversary {
     rng: SimRng,
     withhold: Withhold,
     ticks: u64,
+    /// `stale-checkpoint`: the first stable checkpoint its replica had.
+    stale: Option<Arc<crate::checkpoint::Checkpoint>>,
 }
 
 impl Adversary {
@@ -129,6 +133,7 @@ impl Adversary {
             highest_term: Term(0),
             withhold: Withhold::Leading,
             ticks: 0,
+            stale: None,
         }
     }
 
@@ -237,7 +242,69 @@ impl Adversary {
                 self.keep_own(&message);
                 vec![Act::send(to, message)]
             }
+            Strategy::BadSnapshot | Strategy::BadEntries | Strategy::StaleCheckpoint => {
+                vec![Act::send(to, self.lie_about_state(ctx, message))]
+            }
             _ => vec![Act::send(to, message)],
+        }
+    }
+
+    /// `bad-snapshot`, `bad-entries`, `stale-checkpoint`: what it serves a replica that is
+    /// catching up.
+    fn lie_about_state(&mut self, ctx: &mut Ctx<'_>, message: ReplicaMessage) -> ReplicaMessage {
+        match (self.strategy, message) {
+            (Strategy::BadSnapshot, ReplicaMessage::CheckpointChunk(mut chunk)) => {
+                if chunk.data.is_empty() {
+                    return ReplicaMessage::CheckpointChunk(chunk);
+                }
+                if ctx.rng.random_bool(0.25)
+                    && chunk.offset + (chunk.data.len() as u64) < chunk.total
+                {
+                    // Claims the state ends here: it will not decode.
+                    chunk.total = chunk.offset + chunk.data.len() as u64;
+                } else {
+                    let i = ctx.rng.random_range(0..chunk.data.len());
+                    chunk.data[i] ^= 1 << ctx.rng.random_range(0..8u32);
+                }
+                ReplicaMessage::CheckpointChunk(chunk)
+            }
+            (
+                Strategy::BadEntries,
+                ReplicaMessage::Entries {
+                    mut entries,
+                    certificate,
+                },
+            ) => {
+                match ctx.rng.random_range(0..3u32) {
+                    0 if entries.len() > 2 => {
+                        entries.remove(entries.len() / 2); // breaks the chain
+                    }
+                    1 => {
+                        // Another tx in the last entry: its hash no longer matches the CC.
+                        if let Some(last) = entries.last_mut() {
+                            let mut e = (**last).clone();
+                            if let Some(tx) = e.txs.first_mut() {
+                                tx.op.push(0xbd);
+                            } else {
+                                e.prev_hash = Digest([0xbd; 32]);
+                            }
+                            *last = Arc::new(e);
+                        }
+                    }
+                    _ => {
+                        // Only the first entries, still with the last one's certificate.
+                        entries.truncate(entries.len().div_ceil(2).max(1));
+                        if entries.len() > 1 {
+                            entries.pop();
+                        }
+                    }
+                }
+                ReplicaMessage::Entries {
+                    entries,
+                    certificate,
+                }
+            }
+            (_, message) => message,
         }
     }
 
@@ -318,6 +385,44 @@ impl Adversary {
             }
             (Strategy::WithholdPc, _) if self.withhold == Withhold::YesVoter => {
                 (false, yes_votes(ctx, from, msg))
+            }
+            (
+                Strategy::BadSnapshot | Strategy::StaleCheckpoint,
+                ReplicaMessage::FetchEntries { .. }
+                | ReplicaMessage::FetchCheckpoint { .. }
+                | ReplicaMessage::FetchStatus,
+            ) => {
+                // Answers anyone catching up at once, in place of its replica, unasked for the
+                // first chunk: with a damaged copy of its checkpoint, or with its first one.
+                let (above, offset) = match msg {
+                    ReplicaMessage::FetchCheckpoint { above, offset } => (*above, *offset),
+                    ReplicaMessage::FetchEntries { from, .. } => {
+                        (Index(from.0.saturating_sub(1)), 0)
+                    }
+                    _ => (Index(0), 0),
+                };
+                if self.stale.is_none() {
+                    self.stale = ctx.checkpoint.clone();
+                }
+                let source = match self.strategy {
+                    Strategy::StaleCheckpoint => self.stale.clone(),
+                    _ => ctx.checkpoint.clone(),
+                };
+                let Some(cp) = source else {
+                    return (true, Vec::new());
+                };
+                if self.strategy == Strategy::BadSnapshot && cp.index() <= above {
+                    return (true, Vec::new()); // nothing the asker would take
+                }
+                let chunk = forge::checkpoint_chunk(ctx, &cp, offset);
+                let lie = match self.strategy {
+                    Strategy::BadSnapshot => self.lie_about_state(ctx, chunk),
+                    _ => chunk,
+                };
+                // A rebuilding replica's status request still reaches its replica (which
+                // answers it truthfully); fetches are answered by the lie alone.
+                let deliver = matches!(msg, ReplicaMessage::FetchStatus);
+                (deliver, vec![Act::send(Target::Replica(from), lie)])
             }
             _ => (true, Vec::new()),
         }

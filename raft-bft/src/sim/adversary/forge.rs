@@ -199,3 +199,20 @@ pub(super) fn foreign_messages(
     let tc = TermChange::sign(foreign, key, me, Term(term.0 + 1), None, Vec::new());
     (hb, vote, tc)
 }
+
+/// The chunk of `cp` at `offset`, as a correct replica would serve it.
+pub(crate) fn checkpoint_chunk(
+    ctx: &super::Ctx<'_>,
+    cp: &crate::checkpoint::Checkpoint,
+    offset: u64,
+) -> crate::message::ReplicaMessage {
+    let size = ctx.cluster.params().checkpoint_chunk();
+    let start = (offset as usize).min(cp.state.len());
+    let end = (offset.saturating_add(size) as usize).min(cp.state.len());
+    crate::message::ReplicaMessage::CheckpointChunk(crate::message::CheckpointChunk {
+        certificate: cp.certificate.clone(),
+        total: cp.state.len() as u64,
+        offset: start as u64,
+        data: cp.state[start..end].to_vec(),
+    })
+}

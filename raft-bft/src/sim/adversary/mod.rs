@@ -64,11 +64,18 @@ pub enum Strategy {
     /// it is sent), then sends each committed proposal again to the followers that voted for
     /// the other version: a replica that forgot its vote votes twice.
     RevoteBait,
+    /// Serves checkpoints whose state is damaged: bytes flipped, or cut short.
+    BadSnapshot,
+    /// Serves committed entries that are not the certified ones: a tx altered, an entry
+    /// dropped from the run, or another run's certificate.
+    BadEntries,
+    /// Serves the first checkpoint it ever took, whatever is asked, and offers it unasked.
+    StaleCheckpoint,
 }
 
 impl Strategy {
     /// Every strategy, in the order of the report.
-    pub const ALL: [Strategy; 15] = [
+    pub const ALL: [Strategy; 18] = [
         Strategy::EquivocatingLeader,
         Strategy::CensoringLeader,
         Strategy::MuteLeader,
@@ -84,6 +91,9 @@ impl Strategy {
         Strategy::Twins,
         Strategy::WithholdPc,
         Strategy::RevoteBait,
+        Strategy::BadSnapshot,
+        Strategy::BadEntries,
+        Strategy::StaleCheckpoint,
     ];
 
     /// The command-line name.
@@ -104,6 +114,9 @@ impl Strategy {
             Strategy::Twins => "twins",
             Strategy::WithholdPc => "withhold-pc",
             Strategy::RevoteBait => "revote-bait",
+            Strategy::BadSnapshot => "bad-snapshot",
+            Strategy::BadEntries => "bad-entries",
+            Strategy::StaleCheckpoint => "stale-checkpoint",
         }
     }
 

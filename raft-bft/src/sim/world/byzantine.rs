@@ -109,7 +109,12 @@ impl<W: Workload> Simulation<W> {
             .replica
             .as_ref()
             .map_or((Term(0), false), |r| (r.term(), r.is_leader()));
+        let checkpoint = node
+            .replica
+            .as_ref()
+            .and_then(|r| r.stable_checkpoint().cloned());
         let mut ctx = Ctx {
+            checkpoint,
             cluster: &self.cluster,
             key: &node.key,
             me: node.id,

@@ -49,6 +49,18 @@ fn describe(msg: &ReplicaMessage) -> String {
             entries.len(),
             certificate.subject.index
         ),
+        ReplicaMessage::FetchCheckpoint { above, offset } => {
+            format!("FetchCheckpoint(above i{above}, at {offset})")
+        }
+        ReplicaMessage::CheckpointChunk(c) => format!(
+            "CheckpointChunk(i{}, {}+{} of {})",
+            c.certificate.subject.index,
+            c.offset,
+            c.data.len(),
+            c.total
+        ),
+        ReplicaMessage::FetchStatus => "FetchStatus".to_string(),
+        ReplicaMessage::Status(c) => format!("Status({:?} i{})", c.subject.phase, c.subject.index),
     }
 }
 
@@ -344,6 +356,9 @@ impl<W: Workload> Simulation<W> {
                 );
             }
         }
+        // After every step: a checkpoint may compact what was committed in this very step's
+        // predecessors, and the monitor must see each committed entry while it is held.
+        self.observe(i);
     }
 
     /// How long the next sync takes. With disk faults, now and then one takes 10 to 50 times

@@ -15,7 +15,7 @@ use crate::manifest::{Cluster, Manifest};
 use crate::message::{Entry, ReplicaMessage, Reply, SignedTx};
 use crate::persist::DurableState;
 use crate::replica::{Metrics, Replica, Target};
-use crate::types::{ClientId, Digest, Index, ReplicaId, Time};
+use crate::types::{ClientId, Index, ReplicaId, Time};
 use crate::verify::Verifier;
 
 use super::adversary::{Adversary, Strategy};
@@ -127,6 +127,8 @@ pub(crate) struct Simulation<W: Workload> {
     net: Network,
     history: History,
     monitor: Monitor,
+    /// Every committed entry, recorded when a correct replica first reported it committed.
+    ledger: BTreeMap<Index, Entry>,
     counters: Counters,
     violations: Vec<String>,
     violation_count: u64,
@@ -197,11 +199,17 @@ impl<W: Workload> Simulation<W> {
         let mut nodes = Vec::with_capacity(instances.len());
         for (id, twin) in instances {
             let key = keys[id.as_usize()].clone();
+            let app = match config.nondeterministic_replica() {
+                Some(victim) if victim == id => workload
+                    .nondeterministic_app(config.seed)
+                    .unwrap_or_else(|| workload.new_app()),
+                _ => workload.new_app(),
+            };
             let replica = Replica::new(
                 Arc::clone(&cluster),
                 id,
                 key.clone(),
-                workload.new_app(),
+                app,
                 DurableState::default(),
                 Time(0),
             )
@@ -265,6 +273,7 @@ impl<W: Workload> Simulation<W> {
             client_by_key,
             history: History::new(),
             monitor: Monitor::default(),
+            ledger: BTreeMap::new(),
             counters: Counters::default(),
             violations: Vec::new(),
             violation_count: 0,
@@ -500,7 +509,12 @@ impl<W: Workload> Simulation<W> {
             return false;
         }
         let max_down = self.config.crashes.max_down.unwrap_or(self.cluster.f());
-        let down = self.nodes.iter().filter(|n| !n.is_up()).count();
+        // A replica rebuilding after a wiped disk does not vote yet: it counts as down.
+        let down = self
+            .nodes
+            .iter()
+            .filter(|n| n.replica.as_ref().is_none_or(|r| r.is_rebuilding()))
+            .count();
         down < max_down
     }
 
@@ -557,6 +571,10 @@ impl<W: Workload> Simulation<W> {
         if self.nodes[i].is_byzantine() {
             return;
         }
+        let m = replica.metrics();
+        self.counters.checkpoints += m.checkpoints;
+        self.counters.state_transfers += m.state_transfers;
+        self.counters.divergences += m.divergences;
         for v in self.workload.app_violations(replica.app()) {
             self.violation(format!("r{i}: {v}"));
         }
@@ -567,7 +585,28 @@ impl<W: Workload> Simulation<W> {
             return;
         }
         let seed = seed32(&mut self.rng);
-        let app = self.workload.new_app();
+        let app = match self.config.nondeterministic_replica() {
+            Some(victim) if victim == self.nodes[i].id => self
+                .workload
+                .nondeterministic_app(self.config.seed ^ self.nodes[i].incarnation)
+                .unwrap_or_else(|| self.workload.new_app()),
+            _ => self.workload.new_app(),
+        };
+        // The disk may be wiped while the replica is down (only drawn when wipes are on, so
+        // that runs without them draw the same numbers as before).
+        let wiped = self.config.wipe_prob > 0.0
+            && !self.nodes[i].is_byzantine()
+            && self.rng.random_bool(self.config.wipe_prob);
+        if wiped {
+            self.trace(|| format!("r{i} DISK WIPED"));
+            self.counters.wipes += 1;
+            self.nodes[i].disk = Disk::default();
+            if let Some(Some(store)) = self.shadows.get_mut(i) {
+                if let Err(e) = store.wipe() {
+                    self.violation(format!("storage: r{i} cannot wipe: {e}"));
+                }
+            }
+        }
         let forget_votes = self.cluster.has_mutant(crate::mutant::Mutant::ForgetVotes);
         // Read back what the crash left on the log before anything else uses the durable state.
         match self.nodes[i].disk.recover() {
@@ -605,14 +644,25 @@ impl<W: Workload> Simulation<W> {
             node.disk.durable.votes.clear();
             durable.votes.clear();
         }
-        match Replica::new(
-            Arc::clone(&self.cluster),
-            node.id,
-            node.key.clone(),
-            app,
-            durable,
-            self.now,
-        ) {
+        let started = if wiped {
+            Replica::rebuild(
+                Arc::clone(&self.cluster),
+                node.id,
+                node.key.clone(),
+                app,
+                self.now,
+            )
+        } else {
+            Replica::new(
+                Arc::clone(&self.cluster),
+                node.id,
+                node.key.clone(),
+                app,
+                durable,
+                self.now,
+            )
+        };
+        match started {
             Ok(r) => {
                 node.replica = Some(r);
                 node.checked_commit = Index(0);
@@ -666,6 +716,12 @@ fn differences(durable: &DurableState, loaded: &DurableState) -> Option<String> 
     }
     if durable.compacted_below != loaded.compacted_below {
         why.push("compaction point".into());
+    }
+    if durable.checkpoint != loaded.checkpoint {
+        why.push("checkpoint".into());
+    }
+    if durable.vote_floor != loaded.vote_floor {
+        why.push("vote floor".into());
     }
     (!why.is_empty()).then(|| why.join(", "))
 }
