@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use raft_bft::checkpoint::Checkpoint;
 use raft_bft::message::{Certificate, Entry, NewTerm, Phase, VoteSubject};
 use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
 use raft_bft::types::{Digest, Index, ReplicaId, Signature, Term};
@@ -99,6 +100,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     batch_ids_must_increase(h);
     a_store_of_another_cluster_is_refused(h);
     compaction_forgets_below_the_checkpoint_and_survives_a_crash(h);
+    checkpoints_and_the_vote_floor_survive_a_crash(h);
     snapshots_are_durable_and_only_move_forward(h);
 }
 
@@ -242,6 +244,66 @@ pub fn compaction_forgets_below_the_checkpoint_and_survives_a_crash<H: Harness>(
     store.sync().expect("sync");
     let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
     assert_eq!(store.load().expect("load"), expected);
+}
+
+/// A checkpoint op keeps the newest checkpoint (with its state) in place of the log up to its
+/// index, durably; an older one changes nothing; the vote floor of a rebuilt replica survives a
+/// crash too, and so does lifting it.
+pub fn checkpoints_and_the_vote_floor_survive_a_crash<H: Harness>(h: &mut H) {
+    let checkpoint = |index: u64| {
+        Arc::new(Checkpoint {
+            certificate: Certificate {
+                subject: VoteSubject {
+                    phase: Phase::Commit,
+                    term: Term(1),
+                    index: Index(index),
+                    entry_hash: Digest([index as u8; 32]),
+                    state_digest: Some(Digest([0xd1; 32])),
+                },
+                sigs: vec![(ReplicaId(0), Signature([index as u8; 64]))],
+            },
+            // Larger than a group record of small batches, and not all zero.
+            state: (0..40_000)
+                .map(|i| (i * 13 + index as usize) as u8)
+                .collect(),
+        })
+    };
+    let mut store = h.create(CLUSTER);
+    let mut batches: Vec<PersistBatch> = Vec::new();
+    for id in 1..=50u64 {
+        let mut batch = sample_batch(id);
+        match id {
+            10 => batch.ops.push(PersistOp::VoteFloor(Index(u64::MAX))),
+            12 => batch.ops.push(PersistOp::VoteFloor(Index(40))),
+            20 | 40 => batch.ops.push(PersistOp::Checkpoint(checkpoint(id - 2))),
+            30 => batch.ops.push(PersistOp::Checkpoint(checkpoint(8))), // older: ignored
+            _ => {}
+        }
+        store.append(&batch).expect("append");
+        batches.push(batch);
+        if id.is_multiple_of(3) {
+            store.sync().expect("sync");
+        }
+    }
+    store.sync().expect("sync");
+    let expected = reference(&batches);
+    assert_eq!(expected.checkpoint, Some(checkpoint(38)));
+    assert_eq!(expected.compacted_below, Index(39));
+    assert_eq!(expected.vote_floor, Index(40));
+    assert!(expected.entries.keys().all(|i| *i >= Index(39)));
+    assert_eq!(store.load().expect("load"), expected);
+    let mut store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    assert_eq!(store.load().expect("load after crash"), expected);
+    let lift = PersistBatch {
+        id: 1,
+        ops: vec![PersistOp::VoteFloor(Index(0))],
+    };
+    store.append(&lift).expect("append");
+    store.sync().expect("sync");
+    let store = h.crash_and_reopen(store, CLUSTER, 0).expect("reopen");
+    let loaded = store.load().expect("load");
+    assert_eq!(loaded.vote_floor, Index(0));
+    assert_eq!(loaded.checkpoint, Some(checkpoint(38)));
 }
 
 /// A saved snapshot is durable at once, replaces the previous one, and an older one is refused.

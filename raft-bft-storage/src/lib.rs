@@ -70,8 +70,15 @@ pub struct Snapshot {
 /// lost). A refused argument ([`StorageError::OutOfOrder`], [`StorageError::TooLarge`],
 /// [`StorageError::StaleSnapshot`]) changes nothing and does not stop the store.
 ///
-/// Compaction is an operation of its own ([`PersistOp::CompactBelow`](raft_bft::persist::PersistOp)),
-/// durable like any other; a store may reclaim the space it frees at the sync that covers it.
+/// Compaction is an operation of its own, durable like any other: the replica persists each
+/// stable checkpoint (`PersistOp::Checkpoint`, which carries the checkpoint's state and
+/// compacts the log below it); a store may reclaim the space it frees at the sync that covers
+/// it. The [`FileStore`] keeps the newest checkpoint in its base image, rewritten at each
+/// compaction.
+///
+/// [`Store::save_snapshot`] keeps a snapshot file apart from the log; the replica does not use
+/// it (its checkpoints travel in the log, so that a checkpoint and the compaction it allows are
+/// durable together).
 pub trait Store {
     /// The cluster this store belongs to (checked when the store is opened).
     fn cluster_id(&self) -> Digest;

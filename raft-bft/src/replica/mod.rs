@@ -9,6 +9,8 @@
 //! This covers the normal case: one term, its leader batching and pipelining entries through
 //! PreAppend, Append and Commit, execution, replies and execution certificates.
 
+#[cfg(test)]
+mod checkpoint_tests;
 mod checkpoints;
 pub(crate) mod execution;
 mod follower;

@@ -11,18 +11,18 @@ use crate::testing::Recorder;
 use crate::verify::Verifier;
 
 /// Appends each op to a list; the result is the list's length after the op.
-struct Fixture {
-    cluster: Arc<Cluster>,
-    keys: Vec<KeyPair>,
+pub(super) struct Fixture {
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) keys: Vec<KeyPair>,
     verifier: Verifier,
 }
 
 impl Fixture {
-    fn new(n: usize) -> Self {
+    pub(super) fn new(n: usize) -> Self {
         Self::with_params(n, Params::default())
     }
 
-    fn with_params(n: usize, params: Params) -> Self {
+    pub(super) fn with_params(n: usize, params: Params) -> Self {
         let crate::testing::TestCluster { cluster, keys } =
             crate::testing::TestCluster::new("replica-tests", n, params);
         let verifier = Verifier::new(cluster.clone(), [7; 32]);
@@ -33,11 +33,11 @@ impl Fixture {
         }
     }
 
-    fn cid(&self) -> Digest {
+    pub(super) fn cid(&self) -> Digest {
         *self.cluster.cluster_id()
     }
 
-    fn replica(&self, id: u32, durable: DurableState) -> Replica<Recorder> {
+    pub(super) fn replica(&self, id: u32, durable: DurableState) -> Replica<Recorder> {
         Replica::new(
             self.cluster.clone(),
             ReplicaId(id),
@@ -49,7 +49,7 @@ impl Fixture {
         .unwrap()
     }
 
-    fn signed(&self, client: u8, ts: u64, op: &[u8]) -> SignedTx {
+    pub(super) fn signed(&self, client: u8, ts: u64, op: &[u8]) -> SignedTx {
         SignedTx::sign(
             &self.cid(),
             &crate::testing::client_key(client),
@@ -58,19 +58,25 @@ impl Fixture {
         )
     }
 
-    fn tx(&mut self, client: u8, ts: u64, op: &[u8]) -> Verified<CheckedTx> {
+    pub(super) fn tx(&mut self, client: u8, ts: u64, op: &[u8]) -> Verified<CheckedTx> {
         let tx = self.signed(client, ts, op);
         self.verifier.verify_tx(tx).unwrap()
     }
 
     /// Passes a message through the codec and the verifier, as the network would.
-    fn wire(&mut self, from: u32, msg: &ReplicaMessage) -> Verified<VerifiedMessage> {
+    pub(super) fn wire(&mut self, from: u32, msg: &ReplicaMessage) -> Verified<VerifiedMessage> {
         let bytes = crate::codec::encode(msg).unwrap();
         let msg = crate::codec::decode(&bytes, 1 << 24).unwrap();
         self.verifier.verify_message(ReplicaId(from), msg).unwrap()
     }
 
-    fn pre_append(&self, term: Term, index: u64, prev: Digest, txs: Vec<SignedTx>) -> PreAppend {
+    pub(super) fn pre_append(
+        &self,
+        term: Term,
+        index: u64,
+        prev: Digest,
+        txs: Vec<SignedTx>,
+    ) -> PreAppend {
         let entry = Entry {
             term,
             index: Index(index),
@@ -89,7 +95,7 @@ impl Fixture {
         }
     }
 
-    fn certificate(&self, subject: VoteSubject, signers: &[u32]) -> Certificate {
+    pub(super) fn certificate(&self, subject: VoteSubject, signers: &[u32]) -> Certificate {
         Certificate {
             subject,
             sigs: signers
@@ -104,7 +110,12 @@ impl Fixture {
     }
 }
 
-fn subject(phase: Phase, index: u64, hash: Digest, digest: Option<Digest>) -> VoteSubject {
+pub(super) fn subject(
+    phase: Phase,
+    index: u64,
+    hash: Digest,
+    digest: Option<Digest>,
+) -> VoteSubject {
     VoteSubject {
         phase,
         term: Term(0),
@@ -114,7 +125,7 @@ fn subject(phase: Phase, index: u64, hash: Digest, digest: Option<Digest>) -> Vo
     }
 }
 
-fn votes_in(ready: &Ready) -> Vec<VoteSubject> {
+pub(super) fn votes_in(ready: &Ready) -> Vec<VoteSubject> {
     ready
         .messages
         .iter()
@@ -126,7 +137,11 @@ fn votes_in(ready: &Ready) -> Vec<VoteSubject> {
 }
 
 /// Makes a batch durable in `state` and confirms it.
-fn persist_all<S: StateMachine>(r: &mut Replica<S>, ready: &Ready, state: &mut DurableState) {
+pub(super) fn persist_all<S: StateMachine>(
+    r: &mut Replica<S>,
+    ready: &Ready,
+    state: &mut DurableState,
+) {
     if let Some(batch) = &ready.persist {
         state.apply_batch(PersistBatch {
             id: batch.id,
