@@ -305,6 +305,10 @@ fn wiped_replicas_rebuild_from_their_peers_on_the_file_store() {
         assert_passed(&report, seed);
         wipes += report.counters.wipes;
         transfers += report.counters.state_transfers;
+        assert_eq!(
+            report.counters.rebuilding_at_end, 0,
+            "seed {seed}: {report}"
+        );
     }
     assert!(
         wipes > 0 && transfers > 0,

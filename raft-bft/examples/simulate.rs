@@ -445,14 +445,15 @@ fn main() {
     println!(
         "seeds={} safety_violations={violations} liveness_failures={liveness} \
          committed_txs={committed} checkpoints={} state_transfers={} wipes={} divergences={} \
-         max_log_entries={} log_bound={}",
+         max_log_entries={} log_bound={} rebuilding_at_end={}",
         seeds.len(),
         disk.checkpoints,
         disk.state_transfers,
         disk.wipes,
         disk.divergences,
         max_log,
-        log_bound
+        log_bound,
+        disk.rebuilding_at_end
     );
     if violations > 0 || liveness > 0 {
         std::process::exit(1);

@@ -137,6 +137,10 @@ pub enum CheckpointError {
     /// The application refused the snapshot.
     #[error("the state machine refused the snapshot: {0}")]
     Restore(String),
+    /// A refused checkpoint overwrote the application, which then refused its own previous
+    /// state: the replica's state is lost until a checkpoint installs.
+    #[error("the state machine refused its own snapshot after a bad checkpoint: {0}")]
+    StateLost(String),
     /// The restored state's digest is not the certified one.
     #[error("the restored state's digest {computed} is not the certified {certified}")]
     DigestMismatch {

@@ -64,7 +64,8 @@ impl Default for Params {
             max_pending_txs: 100_000,
             max_pending_txs_per_client: 16,
             max_pending_bytes: 64 << 20,
-            max_checkpoint_bytes: 1 << 30,
+            // Well under what one persist batch may hold (about 1 GiB in the file store).
+            max_checkpoint_bytes: 256 << 20,
             checkpoint_chunk_bytes: 1 << 20,
         }
     }

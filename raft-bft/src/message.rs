@@ -509,11 +509,13 @@ pub enum ReplicaMessage {
         /// The commit certificate of the last entry.
         certificate: Certificate,
     },
-    /// Ask a peer for its stable checkpoint, if its index is above `above`, from byte `offset`
-    /// of its state.
+    /// Ask a peer for a chunk of its stable checkpoint, if its index is above `above`: of
+    /// checkpoint `index` from byte `offset` (`Index(0)`: the newest, from its start).
     FetchCheckpoint {
         /// Only a checkpoint above this index is wanted.
         above: Index,
+        /// The checkpoint being fetched (`Index(0)`: the newest).
+        index: Index,
         /// Where in the checkpoint's state to start.
         offset: u64,
     },

@@ -140,10 +140,13 @@ pub enum VerifiedMessage {
         /// The CC of the last entry.
         certificate: Certificate,
     },
-    /// A request for a stable checkpoint above `above`, from byte `offset` of its state.
+    /// A request for a chunk of checkpoint `index` (`Index(0)`: the newest) above `above`,
+    /// from byte `offset` of its state.
     FetchCheckpoint {
         /// Only a checkpoint above this index is wanted.
         above: Index,
+        /// The checkpoint being fetched.
+        index: Index,
         /// Where to start.
         offset: u64,
     },
@@ -533,7 +536,11 @@ impl Verifier {
                 entries,
                 certificate,
             } => self.verify_entries(entries, certificate)?,
-            ReplicaMessage::FetchCheckpoint { above, offset } => {
+            ReplicaMessage::FetchCheckpoint {
+                above,
+                index,
+                offset,
+            } => {
                 if offset >= self.cluster.params().max_checkpoint_bytes {
                     return Err(VerifyError::TooLarge {
                         what: "checkpoint offset",
@@ -541,7 +548,11 @@ impl Verifier {
                         limit: self.cluster.params().max_checkpoint_bytes,
                     });
                 }
-                VerifiedMessage::FetchCheckpoint { above, offset }
+                VerifiedMessage::FetchCheckpoint {
+                    above,
+                    index,
+                    offset,
+                }
             }
             ReplicaMessage::CheckpointChunk(chunk) => {
                 VerifiedMessage::CheckpointChunk(self.verify_checkpoint_chunk(chunk)?)

@@ -235,8 +235,13 @@ fn replica_message() -> impl Strategy<Value = ReplicaMessage> {
 /// The checkpoint and status messages (kept apart so `prop_oneof!` stays within its arity).
 fn state_transfer_message() -> impl Strategy<Value = ReplicaMessage> {
     prop_oneof![
-        (index(), any::<u64>())
-            .prop_map(|(above, offset)| ReplicaMessage::FetchCheckpoint { above, offset }),
+        (index(), index(), any::<u64>()).prop_map(|(above, index, offset)| {
+            ReplicaMessage::FetchCheckpoint {
+                above,
+                index,
+                offset,
+            }
+        }),
         (certificate(), any::<u64>(), any::<u64>(), bytes(64)).prop_map(
             |(certificate, total, offset, data)| {
                 ReplicaMessage::CheckpointChunk(CheckpointChunk {

@@ -620,3 +620,23 @@ fn the_simulator_reports_a_liveness_failure() {
     assert!(why.contains("was not accepted"), "{r}");
     assert_eq!(r.accepted_txs, 0, "{r}");
 }
+
+/// Replicas whose disks are wiped while they are down rebuild from their peers: they install a
+/// peer's checkpoint, take no part in voting until they have passed everything they may have
+/// voted on (the checkers would see a second vote), and vote again by the end of the run (an
+/// idle leader fills the log for them). Every replica's log stays within its bound.
+#[test]
+fn wiped_replicas_rebuild_and_vote_again() {
+    let mut total = raft_bft::sim::Counters::default();
+    for seed in 0..6 {
+        let mut config = SimConfig::varied(seed, 4);
+        config.wipe_prob = 0.5;
+        let bound = config.params.max_log_entries();
+        let r = sim::run(config);
+        assert_ok(&r);
+        assert!(r.counters.max_log_entries <= bound, "{r}");
+        assert_eq!(r.counters.rebuilding_at_end, 0, "{r}");
+        total.add(&r.counters);
+    }
+    assert!(total.wipes > 0 && total.state_transfers > 0, "{total:?}");
+}

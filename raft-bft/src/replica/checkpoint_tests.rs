@@ -87,6 +87,11 @@ fn chunks(fx: &Fixture, cp: &Checkpoint) -> Vec<ReplicaMessage> {
         .collect()
 }
 
+fn commit_certificate(fx: &Fixture, src: &Replica<Recorder>, index: u64) -> Certificate {
+    let hash = src.entry_hash(Index(index)).expect("held");
+    fx.certificate(subject(Phase::Append, index, hash, None), &[0, 1, 2])
+}
+
 fn refused(r: &Replica<Recorder>, reason: &str) -> u64 {
     r.metrics().refused.get(reason).copied().unwrap_or(0)
 }
@@ -164,22 +169,45 @@ fn a_replica_restarts_from_its_checkpoint_and_the_log_above_it() {
 #[test]
 fn a_transferred_checkpoint_installs_only_if_its_digest_matches() {
     let mut fx = fixture(1 << 20);
-    let (_, _, cp) = source(&mut fx);
+    let (src, _, cp) = source(&mut fx);
     let mut behind = fx.replica(3, DurableState::default());
     let mut disk = DurableState::default();
-    // Replica 2 serves the checkpoint with one byte of the application state changed.
+    // Told that entry 4 committed, it asks the leader (replica 0) for the entries.
+    let cc4 = commit_certificate(&fx, &src, 4);
+    let m = fx.wire(0, &ReplicaMessage::Commit(cc4.clone()));
+    behind.on_message(Time(4), ReplicaId(0), m);
+    let ready = behind.ready();
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| m.to == Target::Replica(ReplicaId(0))
+            && matches!(m.message, ReplicaMessage::FetchEntries { .. })));
+    persist_all(&mut behind, &ready, &mut disk);
+    // A peer that was not asked cannot start a transfer.
+    for m in chunks(&fx, &cp) {
+        let m = fx.wire(2, &m);
+        behind.on_message(Time(5), ReplicaId(2), m);
+    }
+    assert_eq!(refused(&behind, "checkpoint chunk out of turn"), 1);
+    // Replica 0 compacted them, and answers with its checkpoint, one byte of the application
+    // state changed.
     let mut damaged = (*cp).clone();
     let last = damaged.state.len() - 1;
     damaged.state[last] ^= 0x20;
     for m in chunks(&fx, &damaged) {
-        let m = fx.wire(2, &m);
-        behind.on_message(Time(5), ReplicaId(2), m);
+        let m = fx.wire(0, &m);
+        behind.on_message(Time(5), ReplicaId(0), m);
     }
     assert_eq!(
         refused(&behind, "a peer's checkpoint failed verification"),
         1
     );
     assert_eq!(behind.metrics().state_transfers, 0);
+    assert!(
+        behind.app().0.is_empty(),
+        "the refused state was taken back"
+    );
+    assert_eq!(behind.applied_index(), Index(0));
     assert_eq!(behind.checkpoint_index(), Index(0));
     let ready = behind.ready();
     assert!(
@@ -198,12 +226,12 @@ fn a_transferred_checkpoint_installs_only_if_its_digest_matches() {
             Target::AllOthers => None,
         })
         .collect();
-    assert_eq!(asked, [ReplicaId(0)], "the next peer is asked");
+    assert_eq!(asked, [ReplicaId(1)], "the next peer is asked");
     persist_all(&mut behind, &ready, &mut disk);
-    // The genuine checkpoint, from replica 0.
+    // The genuine checkpoint, from replica 1.
     for m in chunks(&fx, &cp) {
-        let m = fx.wire(0, &m);
-        behind.on_message(Time(6), ReplicaId(0), m);
+        let m = fx.wire(1, &m);
+        behind.on_message(Time(6), ReplicaId(1), m);
     }
     assert_eq!(behind.metrics().state_transfers, 1);
     assert_eq!(behind.checkpoint_index(), Index(2));
@@ -216,11 +244,8 @@ fn a_transferred_checkpoint_installs_only_if_its_digest_matches() {
     let ready = behind.ready();
     persist_all(&mut behind, &ready, &mut disk);
     assert_eq!(disk.checkpoint.as_deref(), Some(&*cp), "persisted");
-    // Told that entry 4 committed, it fetches the entries above the checkpoint.
-    let hash4 = source(&mut fx).0.entry_hash(Index(4)).expect("entry 4");
-    let cc4 = fx.certificate(subject(Phase::Append, 4, hash4, None), &[0, 1, 2]);
-    let m = fx.wire(0, &ReplicaMessage::Commit(cc4));
-    behind.on_message(Time(7), ReplicaId(0), m);
+    // It then fetches the entries above the checkpoint.
+    behind.on_tick(Time(1_000_000));
     let ready = behind.ready();
     assert!(
         ready.messages.iter().any(|m| matches!(
@@ -247,8 +272,12 @@ fn chunks_are_taken_in_order_from_one_peer() {
         "a multi-chunk checkpoint ({} chunks)",
         parts.len()
     );
+    let (src, _, _) = source(&mut fx);
     let mut behind = fx.replica(3, DurableState::default());
-    let mut deliver =
+    let cc4 = commit_certificate(&fx, &src, 4);
+    let m = fx.wire(0, &ReplicaMessage::Commit(cc4));
+    behind.on_message(Time(4), ReplicaId(0), m); // it asks replica 0 for the entries
+    let deliver =
         |fx: &mut Fixture, behind: &mut Replica<Recorder>, from: u32, m: &ReplicaMessage| {
             let m = fx.wire(from, m);
             behind.on_message(Time(5), ReplicaId(from), m);
@@ -305,8 +334,7 @@ fn a_rebuilt_replica_does_not_vote_below_its_floor() {
     assert!(votes_in(&ready).is_empty());
     persist_all(&mut r, &ready, &mut disk);
     // Three peers prove how far they committed (4 is the highest).
-    let hash4 = src.entry_hash(Index(4)).expect("entry 4");
-    let cc4 = fx.certificate(subject(Phase::Append, 4, hash4, None), &[0, 1, 2]);
+    let cc4 = commit_certificate(&fx, &src, 4);
     for peer in [0u32, 1, 2] {
         let m = fx.wire(peer, &ReplicaMessage::Status(cc4.clone()));
         r.on_message(Time(100_002), ReplicaId(peer), m);

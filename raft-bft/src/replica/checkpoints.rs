@@ -32,6 +32,8 @@ struct Transfer {
     total: u64,
     bytes: Vec<u8>,
     last_progress: Time,
+    /// The whole transfer must be done by then (a peer that trickles chunks is left).
+    deadline: Time,
 }
 
 /// What a replica keeps about checkpoints.
@@ -39,6 +41,8 @@ struct Transfer {
 pub(crate) struct Checkpoints {
     /// The newest stable checkpoint: the log's base, served to peers.
     pub(crate) stable: Option<Arc<Checkpoint>>,
+    /// The one before it, still served to a peer that was fetching it when it was replaced.
+    previous: Option<Arc<Checkpoint>>,
     /// States taken at checkpoint indices above the stable one, waiting for their EC.
     pending: BTreeMap<Index, CheckpointState>,
     /// ECs at checkpoint indices above the stable one, waiting for the state.
@@ -51,9 +55,11 @@ pub(crate) struct Checkpoints {
     asked: Option<(Time, ReplicaId)>,
     /// Peers whose checkpoint failed verification: skipped until every peer was tried.
     bad_peers: BTreeSet<ReplicaId>,
-    /// Per peer, when it was last served a chunk and the offset: bounds what it can make this
-    /// replica send.
+    /// Per peer, when it was last served a chunk, of which checkpoint, and the offset that
+    /// continues it: bounds what it can make this replica send.
     served: BTreeMap<ReplicaId, (Time, Index, u64)>,
+    /// Per peer, when its status request was last answered.
+    status_served: BTreeMap<ReplicaId, Time>,
     /// Rebuild after a lost disk: the commit index each peer proved (see `Replica::rebuild`).
     pub(crate) statuses: BTreeMap<ReplicaId, Index>,
     /// When the status was last asked for.
@@ -69,7 +75,10 @@ impl Checkpoints {
     }
 
     pub(crate) fn next_deadline(&self, retry: std::time::Duration) -> Option<Time> {
-        let transfer = self.transfer.as_ref().map(|t| t.last_progress.after(retry));
+        let transfer = self
+            .transfer
+            .as_ref()
+            .map(|t| t.last_progress.after(retry).min(t.deadline));
         let asked = self.asked.map(|(at, _)| at.after(retry));
         let status = self.status_asked.map(|at| at.after(retry));
         let revote = (!self.pending.is_empty()).then(|| self.revoted.after(retry));
@@ -141,6 +150,17 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
         };
+        let limit = self.cluster.params().max_checkpoint_bytes;
+        if bytes.len() as u64 > limit {
+            // No replica could restart from it or receive it: keep the log (which then fills
+            // up and stalls this replica) rather than persist what cannot be used.
+            tracing::error!(
+                replica = %self.id, %index, size = bytes.len(), limit,
+                "the checkpoint exceeds max_checkpoint_bytes; raise the limit"
+            );
+            self.refuse("checkpoint above max_checkpoint_bytes");
+            return;
+        }
         let cp = Arc::new(Checkpoint {
             certificate: ec,
             state: bytes,
@@ -160,37 +180,54 @@ impl<S: StateMachine> Replica<S> {
         self.votes.retain(|(_, _, i), _| *i > index);
         self.terms.pre_appended_at = self.terms.pre_appended_at.split_off(&index.next());
         self.note_execution_certificate(cp.certificate.clone());
-        self.checkpoints.stable = Some(cp);
+        self.checkpoints.previous = self.checkpoints.stable.replace(cp);
         self.refresh_stable();
         self.maybe_end_vote_floor();
     }
 
     // ----- serving -----
 
-    /// Sends `peer` a chunk of the stable checkpoint, if it is above `above`. A peer is served
-    /// at once only when it asks for the continuation of its last chunk; any other request
-    /// waits a heartbeat interval.
-    pub(super) fn serve_checkpoint(&mut self, peer: ReplicaId, above: Index, offset: u64) {
-        let Some(cp) = self.checkpoints.stable.clone() else {
-            return;
+    /// Sends `peer` a chunk of checkpoint `index` (the stable one, or the one before it, so
+    /// that a transfer survives the server moving on; `Index(0)` or an unknown index: the stable
+    /// one from its start), if it is above `above`. A peer is served at once only when it asks
+    /// for the exact continuation of the last chunk it was sent; any other request waits a
+    /// heartbeat interval.
+    pub(super) fn serve_checkpoint(
+        &mut self,
+        peer: ReplicaId,
+        above: Index,
+        index: Index,
+        offset: u64,
+    ) {
+        let cps = &self.checkpoints;
+        let (cp, offset) = match [&cps.stable, &cps.previous]
+            .into_iter()
+            .flatten()
+            .find(|c| c.index() == index)
+        {
+            Some(cp) => (Arc::clone(cp), offset),
+            None => match &cps.stable {
+                Some(cp) => (Arc::clone(cp), 0),
+                None => return,
+            },
         };
         if peer == self.id || cp.index() <= above || offset >= cp.state.len() as u64 {
             return;
         }
         let interval = self.cluster.params().heartbeat_interval;
-        if let Some((at, index, last)) = self.checkpoints.served.get(&peer) {
-            let continuation = *index == cp.index() && offset > *last;
+        if let Some((at, last_index, next)) = self.checkpoints.served.get(&peer) {
+            let continuation = *last_index == cp.index() && offset == *next;
             if !continuation && self.now < at.after(interval) {
                 self.refuse("checkpoint requested again within a heartbeat interval");
                 return;
             }
         }
-        self.checkpoints
-            .served
-            .insert(peer, (self.now, cp.index(), offset));
         let chunk = self.cluster.params().checkpoint_chunk();
         let start = offset as usize;
         let end = (offset.saturating_add(chunk) as usize).min(cp.state.len());
+        self.checkpoints
+            .served
+            .insert(peer, (self.now, cp.index(), end as u64));
         self.send(
             Target::Replica(peer),
             ReplicaMessage::CheckpointChunk(CheckpointChunk {
@@ -221,10 +258,10 @@ impl<S: StateMachine> Replica<S> {
         let Some(peer) = self.next_checkpoint_peer(None) else {
             return;
         };
-        self.ask_checkpoint(peer, 0);
+        self.ask_checkpoint(peer, Index(0), 0);
     }
 
-    fn ask_checkpoint(&mut self, peer: ReplicaId, offset: u64) {
+    fn ask_checkpoint(&mut self, peer: ReplicaId, index: Index, offset: u64) {
         self.checkpoints.asked = Some((self.now, peer));
         // Above the log's base, not only above the state: a checkpoint this replica reached
         // itself but whose EC it missed becomes stable with the EC of the first chunk.
@@ -234,7 +271,11 @@ impl<S: StateMachine> Replica<S> {
         };
         self.send(
             Target::Replica(peer),
-            ReplicaMessage::FetchCheckpoint { above, offset },
+            ReplicaMessage::FetchCheckpoint {
+                above,
+                index,
+                offset,
+            },
         );
     }
 
@@ -274,29 +315,43 @@ impl<S: StateMachine> Replica<S> {
             self.refuse("checkpoint no newer than this replica's state");
             return;
         }
+        // Every chunk but the last is full: a peer cannot stretch a transfer with tiny ones.
+        let full = chunk.data.len() as u64 == self.cluster.params().checkpoint_chunk()
+            || chunk.offset + chunk.data.len() as u64 == chunk.total;
         let continues = self.checkpoints.transfer.as_ref().is_some_and(|t| {
             t.peer == from
                 && t.certificate.subject == chunk.certificate.subject
                 && t.total == chunk.total
                 && t.bytes.len() as u64 == chunk.offset
         });
+        // A transfer starts only with a peer this replica asked (for a checkpoint, or for the
+        // entries it compacted), so that no peer can push itself in; a newer checkpoint from
+        // the peer being asked replaces the one in progress.
+        let asked = self.checkpoints.asked.is_some_and(|(_, p)| p == from)
+            || self.follower_fetching_from(from);
         let starts = chunk.offset == 0
-            && self.checkpoints.transfer.as_ref().is_none_or(|t| {
-                // A newer checkpoint from the peer being asked replaces the one in progress.
-                t.peer == from && t.certificate.subject.index < index
-            });
-        if !continues && !starts {
+            && match &self.checkpoints.transfer {
+                None => asked,
+                Some(t) => t.peer == from && t.certificate.subject.index < index,
+            };
+        if !full || (!continues && !starts) {
             self.refuse("checkpoint chunk out of turn");
             return;
         }
         let data_len = chunk.data.len() as u64;
         if starts {
+            let chunks = chunk
+                .total
+                .div_ceil(self.cluster.params().checkpoint_chunk());
+            let per_chunk = self.cluster.params().heartbeat_interval * 2;
+            let allowed = per_chunk.saturating_mul(u32::try_from(chunks).unwrap_or(u32::MAX));
             self.checkpoints.transfer = Some(Transfer {
                 certificate: chunk.certificate,
                 peer: from,
                 total: chunk.total,
                 bytes: chunk.data,
                 last_progress: self.now,
+                deadline: self.now.after(allowed + self.transfer_timeout()),
             });
         } else if let Some(t) = self.checkpoints.transfer.as_mut() {
             t.bytes.extend_from_slice(&chunk.data);
@@ -310,8 +365,8 @@ impl<S: StateMachine> Replica<S> {
             if data_len == 0 {
                 return;
             }
-            let offset = t.bytes.len() as u64;
-            self.ask_checkpoint(from, offset);
+            let (index, offset) = (t.certificate.subject.index, t.bytes.len() as u64);
+            self.ask_checkpoint(from, index, offset);
             return;
         }
         if let Some(t) = self.checkpoints.transfer.take() {
@@ -331,10 +386,13 @@ impl<S: StateMachine> Replica<S> {
         };
         let certified = cp.certificate.subject.state_digest.unwrap_or(Digest::ZERO);
         if let Err(e) = self.exec.restore(&self.cluster_id, state, certified) {
-            // The application state was overwritten: execution waits for a good checkpoint.
-            let base = self.log.base();
-            let needed = self.checkpoints.needed_above.unwrap_or(base).min(base);
-            self.checkpoints.needed_above = Some(Index(needed.0.saturating_sub(1)));
+            if matches!(e, checkpoint::CheckpointError::StateLost(_)) {
+                // The application could not take its own state back: execution waits for a
+                // verified checkpoint.
+                let base = self.log.base();
+                let needed = self.checkpoints.needed_above.unwrap_or(base).min(base);
+                self.checkpoints.needed_above = Some(Index(needed.0.saturating_sub(1)));
+            }
             return self.bad_checkpoint(t.peer, e);
         }
         self.install_checkpoint(Arc::new(cp));
@@ -346,7 +404,7 @@ impl<S: StateMachine> Replica<S> {
         self.checkpoints.bad_peers.insert(peer);
         self.checkpoints.asked = None;
         if let Some(next) = self.next_checkpoint_peer(Some(peer)) {
-            self.ask_checkpoint(next, 0);
+            self.ask_checkpoint(next, Index(0), 0);
         }
     }
 
@@ -386,12 +444,18 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn checkpoint_tick(&mut self) {
         let timeout = self.transfer_timeout();
         if let Some(t) = &self.checkpoints.transfer {
-            if self.now >= t.last_progress.after(timeout) {
+            let overdue = self.now >= t.deadline;
+            if overdue || self.now >= t.last_progress.after(timeout) {
                 let peer = t.peer;
                 self.checkpoints.transfer = None;
+                if overdue {
+                    // It kept the transfer alive without finishing it.
+                    self.refuse("a peer's checkpoint transfer overran its deadline");
+                    self.checkpoints.bad_peers.insert(peer);
+                }
                 let next = self.next_checkpoint_peer(Some(peer));
                 if let Some(next) = next {
-                    self.ask_checkpoint(next, 0);
+                    self.ask_checkpoint(next, Index(0), 0);
                 }
             }
         }
@@ -400,7 +464,7 @@ impl<S: StateMachine> Replica<S> {
                 self.checkpoints.asked = None;
                 if self.wants_checkpoint() {
                     if let Some(next) = self.next_checkpoint_peer(Some(peer)) {
-                        self.ask_checkpoint(next, 0);
+                        self.ask_checkpoint(next, Index(0), 0);
                     }
                 }
             }
@@ -483,15 +547,24 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// While rebuilding, asks every peer for its status: every heartbeat interval until the
+    /// floor is known, then every election timeout (which also keeps an idle leader filling the
+    /// log up to the floor).
     fn rebuild_tick(&mut self) {
-        if self.vote_floor != Index(u64::MAX) {
+        if !self.rebuilding() {
             self.checkpoints.status_asked = None;
             return;
         }
+        let params = self.cluster.params();
+        let every = if self.vote_floor == Index(u64::MAX) {
+            params.heartbeat_interval
+        } else {
+            params.election_timeout
+        };
         let due = self
             .checkpoints
             .status_asked
-            .is_none_or(|at| self.now >= at.after(self.cluster.params().heartbeat_interval));
+            .is_none_or(|at| self.now >= at.after(every));
         if due {
             self.checkpoints.status_asked = Some(self.now);
             self.send(Target::AllOthers, ReplicaMessage::FetchStatus);
@@ -502,6 +575,25 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn serve_status(&mut self, peer: ReplicaId) {
         if peer == self.id {
             return;
+        }
+        let interval = self.cluster.params().heartbeat_interval;
+        if let Some(at) = self.checkpoints.status_served.get(&peer) {
+            if self.now < at.after(interval) {
+                self.refuse("status requested again within a heartbeat interval");
+                return;
+            }
+        }
+        self.checkpoints.status_served.insert(peer, self.now);
+        // The peer is rebuilding: as leader, fill the log far enough for its checkpoint to pass
+        // any floor it can have computed from what is committed now.
+        let params = self.cluster.params();
+        let reach = self
+            .log
+            .commit_index()
+            .0
+            .saturating_add(params.max_log_entries() + params.checkpoint_interval);
+        if let Some(leader) = self.leader.as_mut() {
+            leader.fill_to = leader.fill_to.max(Index(reach));
         }
         let commit = self.log.commit_certificate().cloned().or_else(|| {
             self.checkpoints

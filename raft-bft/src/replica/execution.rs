@@ -189,11 +189,14 @@ impl<S: StateMachine> Execution<S> {
         rows
     }
 
-    /// Replaces the whole state with a checkpoint's, if it hashes to `certified`.
+    /// Replaces the whole state with a checkpoint's, if it hashes to `certified`; otherwise
+    /// leaves the state as it was.
     ///
-    /// The application is restored before its digest can be computed, so on
-    /// [`CheckpointError::Restore`] or [`CheckpointError::DigestMismatch`] the application's
-    /// state is lost: the caller must not execute again before a checkpoint installs.
+    /// The application is restored before its digest can be computed, so the current state is
+    /// snapshotted first and restored again if the checkpoint is refused. Only if the
+    /// application cannot take its own snapshot back is the state lost
+    /// ([`CheckpointError::StateLost`]): the caller must then not execute before a checkpoint
+    /// installs.
     pub(crate) fn restore(
         &mut self,
         cluster_id: &Digest,
@@ -207,9 +210,14 @@ impl<S: StateMachine> Execution<S> {
                 .iter()
                 .map(|r| (&r.client, r.last_ts, &r.outcome)),
         );
-        self.app
-            .restore(&state.app)
-            .map_err(CheckpointError::Restore)?;
+        let backup = self.app.snapshot();
+        let put_back = |app: &mut S, refused: CheckpointError| match app.restore(&backup) {
+            Ok(()) => refused,
+            Err(e) => CheckpointError::StateLost(format!("{refused}; then: {e}")),
+        };
+        if let Err(e) = self.app.restore(&state.app) {
+            return Err(put_back(&mut self.app, CheckpointError::Restore(e)));
+        }
         let computed = checkpoint::state_digest(
             cluster_id,
             &state.prev_digest,
@@ -220,10 +228,11 @@ impl<S: StateMachine> Execution<S> {
             Some(&clients),
         );
         if computed != certified {
-            return Err(CheckpointError::DigestMismatch {
+            let refused = CheckpointError::DigestMismatch {
                 certified,
                 computed,
-            });
+            };
+            return Err(put_back(&mut self.app, refused));
         }
         self.applied = state.index;
         self.digest = computed;

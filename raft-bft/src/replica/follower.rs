@@ -339,6 +339,9 @@ impl<S: StateMachine> Replica<S> {
             self.request_fetch();
             return;
         }
+        if s.index < self.log.base() {
+            return; // covered by the stable checkpoint
+        }
         match self.log.hash_at(s.index) {
             Some(h) if h == s.entry_hash => {}
             _ if s.index <= self.log.commit_index() => {
@@ -455,6 +458,12 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// True if this replica asked `peer` for entries and awaits the answer (which may be the
+    /// first chunk of a checkpoint, if the peer compacted them).
+    pub(super) fn follower_fetching_from(&self, peer: ReplicaId) -> bool {
+        self.follower.fetch.is_some_and(|(_, p)| p == peer)
+    }
+
     /// Gives up on a fetch that got no useful answer in time and asks the next peer: the one
     /// asked may be down, slow or lying.
     pub(super) fn follower_tick(&mut self) {
@@ -479,7 +488,7 @@ impl<S: StateMachine> Replica<S> {
         }
         if from <= self.log.base() {
             // Compacted away here: the peer needs the checkpoint instead.
-            self.serve_checkpoint(peer, Index(from.0.saturating_sub(1)), 0);
+            self.serve_checkpoint(peer, Index(from.0.saturating_sub(1)), Index(0), 0);
             return;
         }
         if !self.may_serve(peer, from) {

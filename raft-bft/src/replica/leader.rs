@@ -61,6 +61,10 @@ pub(crate) struct LeaderState {
     /// formed even when a later one formed first (a replica's checkpoint becomes stable only
     /// with the EC of its own index).
     last_checkpoint_ec: Index,
+    /// While a peer rebuilds after a lost disk, an idle leader proposes empty entries up to
+    /// here, so that the peer's stable checkpoint can pass its vote floor without waiting for
+    /// client traffic (see `docs/protocol.md`).
+    pub(crate) fill_to: Index,
     /// When the leader last sent all replicas something (a proposal or a heartbeat).
     last_broadcast: Time,
 }
@@ -86,6 +90,7 @@ impl LeaderState {
             // Checkpoints above the stable one may still lack their EC (a term change can cut
             // the gathering of Commit votes short): this leader gathers them again.
             last_checkpoint_ec: log.base(),
+            fill_to: Index(0),
             last_broadcast: Time(0),
         }
     }
@@ -203,6 +208,10 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
             let Some((oldest, _)) = leader.queue.front() else {
+                if leader.pipeline_len() == 0 && self.log.tip() < leader.fill_to {
+                    self.propose(Vec::new());
+                    continue;
+                }
                 return;
             };
             let full = leader.queue.len() >= params.max_batch_txs as usize

@@ -236,8 +236,10 @@ impl<S: StateMachine> Replica<S> {
     /// and casts no vote, proposes nothing and reports no prepared entry until its stable
     /// checkpoint passes the highest of `q` answers plus the most entries a replica holds above
     /// its checkpoint. Until then it counts against the `f` faulty replicas the cluster
-    /// tolerates. The caller gives it a fresh, empty store; the restriction is persisted, so a
-    /// crash while rebuilding does not end it.
+    /// tolerates. The caller gives it a fresh, empty store; the restriction is the first thing
+    /// it persists, so a crash while rebuilding does not end it. A crash before that first batch
+    /// is durable leaves the store empty again: a replica that ran before and finds its store
+    /// empty must always be started with `rebuild`, never with [`Replica::new`].
     pub fn rebuild(
         cluster: Arc<Cluster>,
         id: ReplicaId,
@@ -474,9 +476,11 @@ impl<S: StateMachine> Replica<S> {
                 entries,
                 certificate,
             } => self.on_entries(from, entries, certificate),
-            VerifiedMessage::FetchCheckpoint { above, offset } => {
-                self.serve_checkpoint(from, above, offset)
-            }
+            VerifiedMessage::FetchCheckpoint {
+                above,
+                index,
+                offset,
+            } => self.serve_checkpoint(from, above, index, offset),
             VerifiedMessage::CheckpointChunk(chunk) => self.on_checkpoint_chunk(from, chunk),
             VerifiedMessage::FetchStatus => self.serve_status(from),
             VerifiedMessage::Status(cert) => self.on_status(from, cert),

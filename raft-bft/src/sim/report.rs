@@ -69,6 +69,8 @@ pub struct Counters {
     pub wipes: u64,
     /// The most log entries a correct replica held in memory at once (a maximum, not a sum).
     pub max_log_entries: u64,
+    /// Correct replicas still rebuilding (not yet voting) when the run ended.
+    pub rebuilding_at_end: u64,
 }
 
 impl Counters {
@@ -101,6 +103,7 @@ impl Counters {
             divergences,
             wipes,
             max_log_entries,
+            rebuilding_at_end,
             decode_errors,
             verify_errors,
             replica_refusals,
@@ -130,6 +133,7 @@ impl Counters {
         self.divergences += divergences;
         self.wipes += wipes;
         self.max_log_entries = self.max_log_entries.max(*max_log_entries);
+        self.rebuilding_at_end += rebuilding_at_end;
         for (k, v) in decode_errors {
             *self.decode_errors.entry(k.clone()).or_insert(0) += v;
         }
@@ -218,7 +222,7 @@ impl fmt::Display for SimReport {
              corrupted {} crashes {} restarts {} partitions {} lost-batches {} retransmissions {} \
              fetches {} client-retries {} invalid-replies {} disk-kept-batches {} torn-writes {} \
              slow-syncs {} checkpoints {} state-transfers {} divergences {} wipes {} \
-             max-log-entries {}",
+             max-log-entries {} rebuilding-at-end {}",
             c.events,
             c.messages_sent,
             c.messages_delivered,
@@ -242,7 +246,8 @@ impl fmt::Display for SimReport {
             c.state_transfers,
             c.divergences,
             c.wipes,
-            c.max_log_entries
+            c.max_log_entries,
+            c.rebuilding_at_end
         )?;
         for (name, map) in [
             ("decode errors", &c.decode_errors),

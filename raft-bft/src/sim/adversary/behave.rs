@@ -395,7 +395,7 @@ impl Adversary {
                 // Answers anyone catching up at once, in place of its replica, unasked for the
                 // first chunk: with a damaged copy of its checkpoint, or with its first one.
                 let (above, offset) = match msg {
-                    ReplicaMessage::FetchCheckpoint { above, offset } => (*above, *offset),
+                    ReplicaMessage::FetchCheckpoint { above, offset, .. } => (*above, *offset),
                     ReplicaMessage::FetchEntries { from, .. } => {
                         (Index(from.0.saturating_sub(1)), 0)
                     }

@@ -158,6 +158,7 @@ impl<W: Workload> Simulation<W> {
             if let Some(r) = &n.replica {
                 max_term = max_term.max(r.term().0);
                 commits.push(r.commit_index());
+                self.counters.rebuilding_at_end += u64::from(r.is_rebuilding());
             }
         }
         let mut entries: Vec<Entry> = Vec::with_capacity(self.ledger.len());

@@ -49,9 +49,11 @@ fn describe(msg: &ReplicaMessage) -> String {
             entries.len(),
             certificate.subject.index
         ),
-        ReplicaMessage::FetchCheckpoint { above, offset } => {
-            format!("FetchCheckpoint(above i{above}, at {offset})")
-        }
+        ReplicaMessage::FetchCheckpoint {
+            above,
+            index,
+            offset,
+        } => format!("FetchCheckpoint(above i{above}, i{index} at {offset})"),
         ReplicaMessage::CheckpointChunk(c) => format!(
             "CheckpointChunk(i{}, {}+{} of {})",
             c.certificate.subject.index,

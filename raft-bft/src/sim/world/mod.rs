@@ -644,7 +644,10 @@ impl<W: Workload> Simulation<W> {
             node.disk.durable.votes.clear();
             durable.votes.clear();
         }
-        let started = if wiped {
+        // A replica that ran before and finds its disk empty lost it (wiped now, or wiped
+        // earlier and crashed again before the rebuild's vote floor was durable): it rebuilds.
+        let rebuild = wiped || durable == DurableState::default();
+        let started = if rebuild {
             Replica::rebuild(
                 Arc::clone(&self.cluster),
                 node.id,
