@@ -118,6 +118,28 @@ const EFFECTS: [Effect; 6] = [
     },
 ];
 
+/// Runs `effect`'s seeds with and without the adversary (`run(strategy, seed, adversary)`) and
+/// asserts that the adversary causes its effect well above what the same seeds show without it.
+/// Returns the runs with the adversary (for `assert_all_ok`).
+fn assert_effect(
+    effect: &Effect,
+    run: impl Fn(Strategy, u64, bool) -> SimReport,
+) -> Vec<SimReport> {
+    let (mut with, mut without, mut reports) = (0, 0, Vec::new());
+    for seed in 0..effect.seeds {
+        let r = run(effect.strategy, seed, true);
+        with += (effect.count)(&r.counters);
+        without += (effect.count)(&run(effect.strategy, seed, false).counters);
+        reports.push(r);
+    }
+    assert!(
+        with > 2 * without + 2,
+        "{}: {with} with the adversary, {without} without it",
+        effect.name
+    );
+    reports
+}
+
 /// The adversaries do what they claim, measured against the same seeds without them: a silent
 /// leader is replaced, a wrong NewTerm is refused, forgeries and garbage reach the decoder and
 /// the verifier and are refused there, replayed old votes reach the term logic, double votes
@@ -134,18 +156,13 @@ fn adversaries_have_an_effect() {
         reports.push(mute);
     }
     for effect in &EFFECTS {
-        let (mut with, mut without) = (0, 0);
-        for seed in 0..effect.seeds {
-            let r = run(effect.strategy, seed, 4, 1);
-            with += (effect.count)(&r.counters);
-            without += (effect.count)(&baseline(effect.strategy, seed).counters);
-            reports.push(r);
-        }
-        assert!(
-            with > 2 * without + 2,
-            "{}: {with} with the adversaries, {without} without them",
-            effect.name
-        );
+        reports.extend(assert_effect(effect, |strategy, seed, adversary| {
+            if adversary {
+                run(strategy, seed, 4, 1)
+            } else {
+                baseline(strategy, seed)
+            }
+        }));
     }
     assert_all_ok(reports);
 }
@@ -187,18 +204,9 @@ fn replicas_catching_up_refuse_bad_state_from_a_byzantine_peer() {
     ];
     let mut reports = Vec::new();
     for effect in &effects {
-        let (mut with, mut without) = (0, 0);
-        for seed in 0..effect.seeds {
-            let r = sim::run(config(effect.strategy, seed, true));
-            with += (effect.count)(&r.counters);
-            without += (effect.count)(&sim::run(config(effect.strategy, seed, false)).counters);
-            reports.push(r);
-        }
-        assert!(
-            with > 2 * without + 2,
-            "{}: {with} with the adversary, {without} without",
-            effect.name
-        );
+        reports.extend(assert_effect(effect, |strategy, seed, adversary| {
+            sim::run(config(strategy, seed, adversary))
+        }));
     }
     assert_all_ok(reports);
 }
