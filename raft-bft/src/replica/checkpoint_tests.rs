@@ -354,3 +354,94 @@ fn a_rebuilt_replica_does_not_vote_below_its_floor() {
     let restarted = fx.replica(3, disk);
     assert!(restarted.is_rebuilding());
 }
+
+/// A checkpoint whose EC disagrees with the state this replica reached there never becomes
+/// stable: nothing is compacted or persisted, and the replica reports the divergence.
+#[test]
+fn a_checkpoint_whose_certificate_disagrees_is_not_made_stable() {
+    let mut fx = fixture(1 << 20);
+    let (mut r, mut disk, hashes) = committed_follower(&mut fx, 2);
+    let wrong = fx.certificate(
+        subject(Phase::Commit, 2, hashes[1], Some(Digest([9; 32]))),
+        &[0, 2, 3],
+    );
+    let m = fx.wire(0, &ReplicaMessage::Executed(wrong));
+    r.on_message(Time(2), ReplicaId(0), m);
+    let ready = r.ready();
+    let persisted_checkpoint = ready.persist.as_ref().is_some_and(|b| {
+        b.ops
+            .iter()
+            .any(|op| matches!(op, PersistOp::Checkpoint(_)))
+    });
+    persist_all(&mut r, &ready, &mut disk);
+    assert!(!persisted_checkpoint);
+    assert_eq!(r.checkpoint_index(), Index(0));
+    assert_eq!(r.log_len(), 2);
+    assert!(disk.checkpoint.is_none());
+    assert!(r.divergence().is_some());
+    assert_eq!(r.metrics().divergences, 1);
+}
+
+/// The client table is part of what an execution certificate proves at a checkpoint: a peer
+/// that serves the right application state with a forged table (a lower `ts`, which would let a
+/// replayed tx execute twice) is refused.
+#[test]
+fn a_checkpoint_with_a_forged_client_table_is_refused() {
+    let mut fx = fixture(1 << 20);
+    let (src, _, cp) = source(&mut fx);
+    let mut state: crate::checkpoint::CheckpointState =
+        crate::codec::decode(&cp.state, cp.state.len()).unwrap();
+    assert!(!state.clients.is_empty());
+    state.clients[0].last_ts -= 1;
+    let forged = Checkpoint {
+        certificate: cp.certificate.clone(),
+        state: crate::codec::encode(&state).unwrap(),
+    };
+    let mut behind = fx.replica(3, DurableState::default());
+    let cc4 = commit_certificate(&fx, &src, 4);
+    let m = fx.wire(0, &ReplicaMessage::Commit(cc4));
+    behind.on_message(Time(4), ReplicaId(0), m); // it asks replica 0 for the entries
+    for m in chunks(&fx, &forged) {
+        let m = fx.wire(0, &m);
+        behind.on_message(Time(5), ReplicaId(0), m);
+    }
+    assert_eq!(
+        refused(&behind, "a peer's checkpoint failed verification"),
+        1
+    );
+    assert_eq!(behind.checkpoint_index(), Index(0));
+}
+
+/// A chunk's certificate must be a valid execution certificate: too few signers, signatures
+/// over another digest, or another phase are refused by the verifier.
+#[test]
+fn a_chunk_needs_a_valid_execution_certificate() {
+    let mut fx = fixture(1 << 20);
+    let (_, _, cp) = source(&mut fx);
+    let chunk = |certificate: Certificate| {
+        ReplicaMessage::CheckpointChunk(CheckpointChunk {
+            certificate,
+            total: cp.state.len() as u64,
+            offset: 0,
+            data: cp.state.clone(),
+        })
+    };
+    assert!(fx.verify(0, &chunk(cp.certificate.clone())).is_ok());
+    let mut short = cp.certificate.clone();
+    short.sigs.truncate(2);
+    let mut other_digest = cp.certificate.clone();
+    other_digest.subject.state_digest = Some(Digest([4; 32]));
+    let prepared = fx.certificate(
+        subject(Phase::PreAppend, 2, cp.entry_hash(), None),
+        &[0, 2, 3],
+    );
+    for bad in [short, other_digest, prepared] {
+        assert!(
+            matches!(
+                fx.verify(0, &chunk(bad)),
+                Err(crate::verify::VerifyError::Certificate(_))
+            ),
+            "refused as a bad certificate"
+        );
+    }
+}

@@ -63,6 +63,18 @@ impl Fixture {
         self.verifier.verify_tx(tx).unwrap()
     }
 
+    /// Passes a message through the codec and the verifier, as the network would, and returns
+    /// the verifier's verdict.
+    pub(super) fn verify(
+        &mut self,
+        from: u32,
+        msg: &ReplicaMessage,
+    ) -> Result<Verified<VerifiedMessage>, crate::verify::VerifyError> {
+        let bytes = crate::codec::encode(msg).unwrap();
+        let msg = crate::codec::decode(&bytes, 1 << 24).unwrap();
+        self.verifier.verify_message(ReplicaId(from), msg)
+    }
+
     /// Passes a message through the codec and the verifier, as the network would.
     pub(super) fn wire(&mut self, from: u32, msg: &ReplicaMessage) -> Verified<VerifiedMessage> {
         let bytes = crate::codec::encode(msg).unwrap();
