@@ -132,6 +132,8 @@ fn assert_effect(
         without += (effect.count)(&run(effect.strategy, seed, false).counters);
         reports.push(r);
     }
+    // A failing run first: it explains a missing effect better than the count does.
+    assert_all_ok(reports.iter().cloned());
     assert!(
         with > 2 * without + 2,
         "{}: {with} with the adversary, {without} without it",
