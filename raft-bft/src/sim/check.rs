@@ -38,10 +38,11 @@ pub fn check_agreement(logs: &[(ReplicaId, Vec<Digest>)]) -> Vec<String> {
 
 /// Validity of one committed log: entries are consecutive from index 1 and hash-chained from
 /// the genesis hash (`cluster_id`); every tx's signature verifies under its client's key; every
-/// tx was submitted, with exactly these bytes, by a client of `history`.
+/// tx was submitted, with exactly these bytes, by a client of `history`. `who` names the log in
+/// the violations (a replica, or the committed log as the replicas reported it).
 pub fn check_validity(
     cluster_id: &Digest,
-    who: ReplicaId,
+    who: impl std::fmt::Display,
     log: &[Entry],
     history: &History,
 ) -> Vec<String> {
