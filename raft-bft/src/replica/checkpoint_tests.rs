@@ -445,3 +445,75 @@ fn a_chunk_needs_a_valid_execution_certificate() {
         );
     }
 }
+
+/// A peer cannot stretch a transfer: a chunk short of the chunk size (and not the last) is
+/// refused, and a peer that stops sending is left for the next one after the transfer timeout.
+#[test]
+fn a_peer_cannot_trickle_or_stall_a_transfer() {
+    let mut fx = fixture(64);
+    let (src, _, cp) = source(&mut fx);
+    let parts = chunks(&fx, &cp);
+    let mut behind = fx.replica(3, DurableState::default());
+    let cc4 = commit_certificate(&fx, &src, 4);
+    let m = fx.wire(0, &ReplicaMessage::Commit(cc4));
+    behind.on_message(Time(4), ReplicaId(0), m); // it asks replica 0 for the entries
+    let ReplicaMessage::CheckpointChunk(mut short) = parts[0].clone() else {
+        unreachable!()
+    };
+    short.data.truncate(1);
+    let m = fx.wire(0, &ReplicaMessage::CheckpointChunk(short));
+    behind.on_message(Time(5), ReplicaId(0), m);
+    assert_eq!(refused(&behind, "checkpoint chunk out of turn"), 1);
+    // The first chunk, then silence: the transfer is left and the next peer asked.
+    let m = fx.wire(0, &parts[0]);
+    behind.on_message(Time(6), ReplicaId(0), m);
+    let _ = behind.ready();
+    let timeout = fx.cluster.params().heartbeat_interval * 4;
+    behind.on_tick(Time(6).after(timeout));
+    let ready = behind.ready();
+    let asked: Vec<Target> = ready
+        .messages
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.message,
+                ReplicaMessage::FetchCheckpoint {
+                    index: Index(0),
+                    offset: 0,
+                    ..
+                }
+            )
+        })
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(asked, [Target::Replica(ReplicaId(1))]);
+}
+
+/// A server answers at once only the exact continuation of what it last sent a peer; any other
+/// request from that peer waits a heartbeat interval.
+#[test]
+fn chunks_are_served_at_once_only_as_the_exact_continuation() {
+    let mut fx = fixture(64);
+    let (mut server, _, cp) = source(&mut fx);
+    let mut ask = |fx: &mut Fixture, offset: u64, at: u64| {
+        let m = fx.wire(
+            3,
+            &ReplicaMessage::FetchCheckpoint {
+                above: Index(0),
+                index: cp.index(),
+                offset,
+            },
+        );
+        server.on_message(Time(at), ReplicaId(3), m);
+        server
+            .ready()
+            .messages
+            .iter()
+            .filter(|m| matches!(m.message, ReplicaMessage::CheckpointChunk(_)))
+            .count()
+    };
+    assert_eq!(ask(&mut fx, 0, 10), 1);
+    assert_eq!(ask(&mut fx, 1, 11), 0, "not the continuation");
+    assert_eq!(ask(&mut fx, 64, 12), 1, "the exact continuation");
+    assert_eq!(ask(&mut fx, 64, 13), 0, "the same chunk again");
+}
