@@ -1,0 +1,140 @@
+//! Signature verification off the event loop, on every core.
+//!
+//! Connection readers push decoded input into one bounded queue; worker threads take what is
+//! queued (up to a batch), verify client txs together in one batch verification and peer
+//! messages one by one (each message's own signatures are batched by the core's verifier), and
+//! hand the verified values to the event loop. Each worker has its own [`Verifier`] seeded from
+//! the operating system, so batch coefficients are unpredictable.
+
+use std::sync::Arc;
+
+use async_std::channel::{Receiver, Sender};
+use raft_bft::manifest::Cluster;
+use raft_bft::message::{ReplicaMessage, SignedTx};
+use raft_bft::state_machine::StateMachine;
+use raft_bft::types::ReplicaId;
+use raft_bft::verify::Verifier;
+
+use crate::error::NetError;
+use crate::node::Event;
+use crate::stats::NetStats;
+use crate::wire::{ClientResponse, Refusal};
+
+/// A client connection's id, unique within a node.
+pub(crate) type ConnId = u64;
+
+/// Untrusted input waiting for verification.
+pub(crate) enum Input {
+    /// A message from a peer (the transport authenticated `from`).
+    Peer {
+        from: ReplicaId,
+        msg: ReplicaMessage,
+    },
+    /// A tx from a client connection; `respond` reaches that connection.
+    Client {
+        conn: ConnId,
+        respond: Sender<ClientResponse>,
+        tx: SignedTx,
+    },
+}
+
+/// Most inputs one worker takes at once (client txs among them share one batch verification).
+const BATCH: usize = 512;
+
+/// A seed from the operating system's CSPRNG.
+pub(crate) fn os_seed() -> Result<[u8; 32], NetError> {
+    let mut seed = [0u8; 32];
+    // No OS randomness means no safe batch coefficients: refuse to start.
+    getrandom::fill(&mut seed).map_err(|e| {
+        NetError::Config(format!(
+            "the operating system's random number generator failed: {e}"
+        ))
+    })?;
+    Ok(seed)
+}
+
+/// Starts `threads` workers; they stop when every sender of `input` is gone.
+pub(crate) fn start<S: StateMachine + Send + 'static>(
+    cluster: &Arc<Cluster>,
+    threads: usize,
+    input: Receiver<Input>,
+    events: Sender<Event<S>>,
+    stats: Arc<NetStats>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, NetError> {
+    (0..threads.max(1))
+        .map(|i| {
+            let verifier = Verifier::new(cluster.clone(), os_seed()?);
+            let (input, events, stats) = (input.clone(), events.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name(format!("raft-bft-verify-{i}"))
+                .spawn(move || worker(verifier, input, events, stats))
+                .map_err(|e| NetError::Config(format!("cannot start a verification thread: {e}")))
+        })
+        .collect()
+}
+
+fn worker<S: StateMachine + Send + 'static>(
+    mut verifier: Verifier,
+    input: Receiver<Input>,
+    events: Sender<Event<S>>,
+    stats: Arc<NetStats>,
+) {
+    while let Ok(first) = input.recv_blocking() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match input.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut txs = Vec::new();
+        let mut routes = Vec::new();
+        for item in batch {
+            match item {
+                Input::Peer { from, msg } => {
+                    let event = match verifier.verify_message(from, msg) {
+                        Ok(verified) => Event::Peer(from, verified),
+                        Err(e) => {
+                            stats.count(&stats.invalid_peer_messages);
+                            tracing::debug!(peer = %from, error = %e, kind = e.kind(), "invalid message from a peer");
+                            Event::PeerInvalid(from)
+                        }
+                    };
+                    if events.send_blocking(event).is_err() {
+                        return;
+                    }
+                }
+                Input::Client { conn, respond, tx } => {
+                    routes.push((conn, respond, tx.client, tx.ts));
+                    txs.push(tx);
+                }
+            }
+        }
+        if txs.is_empty() {
+            continue;
+        }
+        for ((conn, respond, client, ts), verdict) in
+            routes.into_iter().zip(verifier.verify_txs(txs))
+        {
+            match verdict {
+                Ok(tx) => {
+                    if events
+                        .send_blocking(Event::ClientTx { conn, respond, tx })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    stats.count(&stats.invalid_client_txs);
+                    tracing::debug!(%conn, error = %e, "invalid client tx");
+                    let _ = respond.try_send(ClientResponse::Refused {
+                        client,
+                        ts,
+                        reason: Refusal::Invalid,
+                    });
+                }
+            }
+        }
+    }
+}
