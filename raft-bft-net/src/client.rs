@@ -63,6 +63,10 @@ enum Delivery {
 struct Shared {
     cluster: Arc<Cluster>,
     links: Vec<Sender<Vec<u8>>>,
+    /// Each link's current connection (to subscribe new clients on it).
+    connected: Mutex<Vec<Option<quinn::Connection>>>,
+    /// The clients' keys, to subscribe them on every (re)connection.
+    keys: Mutex<HashMap<ClientId, KeyPair>>,
     waiters: Mutex<HashMap<ClientId, Sender<Delivery>>>,
     statuses: Mutex<HashMap<u64, Sender<StatusReport>>>,
     next_status: AtomicU64,
@@ -119,6 +123,8 @@ impl Connections {
         }
         let shared = Arc::new(Shared {
             cluster: cluster.clone(),
+            connected: Mutex::new(vec![None; links.len()]),
+            keys: Mutex::new(HashMap::new()),
             links,
             waiters: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
@@ -190,7 +196,31 @@ impl Connections {
     }
 }
 
+/// A signed subscription of `key` on `conn`, framed.
+fn subscription(conn: &quinn::Connection, key: &KeyPair) -> Option<Vec<u8>> {
+    let client = key.public();
+    let digest = wire::subscription_digest(conn, &client)?;
+    let request = ClientRequest::Subscribe {
+        client,
+        sig: key.sign(&digest),
+    };
+    raft_bft::codec::encode(&request)
+        .ok()
+        .map(|b| frame::frame(&b))
+}
+
 impl Shared {
+    /// Subscribes `key` on every link that is connected now (links subscribe every key when
+    /// they connect).
+    fn subscribe_everywhere(&self, key: &KeyPair) {
+        let connected = self.connected.lock().map(|c| c.clone()).unwrap_or_default();
+        for (link, conn) in self.links.iter().zip(connected) {
+            if let Some(frame) = conn.and_then(|c| subscription(&c, key)) {
+                let _ = link.try_send(frame);
+            }
+        }
+    }
+
     fn transmit(&self, sends: Vec<ClientSend>) {
         for send in sends {
             let Ok(bytes) = raft_bft::codec::encode(&ClientRequest::Submit(send.tx)) else {
@@ -265,7 +295,7 @@ impl Link {
             else {
                 return;
             };
-            let conn = match async_std::future::timeout(tls::HANDSHAKE_TIMEOUT, connecting).await {
+            let conn = match async_std::future::timeout(tls::DIAL_TIMEOUT, connecting).await {
                 Ok(Ok(conn)) => conn,
                 _ => {
                     if queue.is_closed() || self.shared.strong_count() == 0 {
@@ -281,6 +311,32 @@ impl Link {
             };
             backoff.reset();
             tracing::debug!(replica = %self.replica, "client connected");
+            // Subscribe every client on the new connection before anything else goes out.
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
+            if let Ok(mut c) = shared.connected.lock() {
+                c[self.replica.as_usize()] = Some(conn.clone());
+            }
+            let keys: Vec<KeyPair> = shared
+                .keys
+                .lock()
+                .map(|k| k.values().cloned().collect())
+                .unwrap_or_default();
+            drop(shared);
+            let mut subscribed = true;
+            for key in keys {
+                if let Some(frame) = subscription(&conn, &key) {
+                    if send.write_all(&frame).await.is_err() {
+                        subscribed = false;
+                        break;
+                    }
+                }
+            }
+            if !subscribed {
+                backoff.wait().await;
+                continue;
+            }
             let reader = task::spawn(read_responses(recv, self.shared.clone()));
             loop {
                 let bytes = match pending.take() {
@@ -377,12 +433,17 @@ impl Client {
             .retry
             .clone()
             .unwrap_or_else(|| ClientConfig::from_params(shared.cluster.params()));
+        let key_copy = key.clone();
         let core = raft_bft::client::Client::new(shared.cluster.clone(), key, config)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let (tx, rx) = channel::bounded(64);
         if let Ok(mut w) = shared.waiters.lock() {
             w.insert(core.public_key(), tx);
         }
+        if let Ok(mut k) = shared.keys.lock() {
+            k.insert(core.public_key(), key_copy.clone());
+        }
+        shared.subscribe_everywhere(&key_copy);
         Ok(Client {
             connections,
             core,
@@ -485,8 +546,12 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        let me = self.core.public_key();
         if let Ok(mut w) = self.connections.shared.waiters.lock() {
-            w.remove(&self.core.public_key());
+            w.remove(&me);
+        }
+        if let Ok(mut k) = self.connections.shared.keys.lock() {
+            k.remove(&me);
         }
     }
 }

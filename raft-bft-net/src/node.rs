@@ -126,6 +126,12 @@ pub(crate) enum Event<S> {
         respond: Sender<ClientResponse>,
         tx: Verified<CheckedTx>,
     },
+    /// A client subscribed (with a valid signature) to its replies on a connection.
+    Subscribe {
+        conn: ConnId,
+        respond: Sender<ClientResponse>,
+        client: ClientId,
+    },
     ClientClosed(ConnId),
     Synced(SyncDone),
     Status(Sender<StatusReport>),
@@ -201,11 +207,7 @@ impl<S: StateMachine + Send + 'static> Node<S> {
         };
         let identity = TlsIdentity::new(&config.key)?;
         let server = tls::server_config(&cluster, &identity, &config.limits)?;
-        let endpoint =
-            quinn::Endpoint::server(server, listen).map_err(|source| NetError::Bind {
-                addr: listen,
-                source,
-            })?;
+        let endpoint = tls::endpoint(&config.key, server, listen)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: listen,
             source,
@@ -260,6 +262,7 @@ impl<S: StateMachine + Send + 'static> Node<S> {
             stats: stats.clone(),
             last_view: None,
             next_tick: None,
+            next_report: Time(0),
         };
         let main = task::spawn(
             async move {
@@ -361,10 +364,13 @@ struct EventLoop<S> {
     stats: Arc<NetStats>,
     last_view: Option<(raft_bft::types::Term, bool)>,
     next_tick: Option<Time>,
+    next_report: Time,
 }
 
 /// Most events handled before the replica's work is taken (so one `Ready` covers many inputs).
 const EVENTS_PER_ROUND: usize = 256;
+/// How often the counters are logged (at debug level).
+const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// The loop wakes at least this often even with no timer due.
 const MAX_IDLE: Duration = Duration::from_millis(200);
 
@@ -392,7 +398,29 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
             }
             let now = self.clock.now();
             self.replica.on_tick(now);
+            self.report(now);
         }
+    }
+
+    /// Logs the node's counters every few seconds (at debug level).
+    fn report(&mut self, now: Time) {
+        if now < self.next_report {
+            return;
+        }
+        self.next_report = now.after(REPORT_EVERY);
+        let s = &self.stats;
+        tracing::debug!(
+            term = %self.replica.term(),
+            commit = %self.replica.commit_index(),
+            applied = %self.replica.applied_index(),
+            peer_messages = NetStats::get(&s.peer_messages),
+            invalid_peer_messages = NetStats::get(&s.invalid_peer_messages),
+            client_txs = NetStats::get(&s.client_txs),
+            dropped_frames = NetStats::get(&s.dropped_frames),
+            syncs = NetStats::get(&s.syncs),
+            held = self.replica.held_messages(),
+            "stats"
+        );
     }
 
     fn until_next_tick(&mut self) -> Duration {
@@ -415,6 +443,11 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
                 self.route(client, conn, respond);
                 self.replica.on_client_tx(now, tx);
             }
+            Event::Subscribe {
+                conn,
+                respond,
+                client,
+            } => self.route(client, conn, respond),
             Event::ClientClosed(conn) => {
                 for client in self.conn_clients.remove(&conn).unwrap_or_default() {
                     if self.routes.get(&client).is_some_and(|(c, _)| *c == conn) {

@@ -104,3 +104,53 @@ pub fn local_manifest(
     }
     Ok((Manifest::new(name, replicas, params), keys))
 }
+
+/// Writes `manifest` (MessagePack) and one key file per replica (the hex of its seed) into
+/// `dir`, for [the test node binary](https://docs.rs/raft-bft-net): returns the manifest's path
+/// and the key files' paths.
+pub fn write_cluster_files(
+    dir: &std::path::Path,
+    manifest: &Manifest,
+    keys: &[KeyPair],
+) -> std::io::Result<(std::path::PathBuf, Vec<std::path::PathBuf>)> {
+    std::fs::create_dir_all(dir)?;
+    let manifest_path = dir.join("manifest.mpk");
+    let bytes =
+        raft_bft::codec::encode(manifest).map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::fs::write(&manifest_path, bytes)?;
+    let mut key_paths = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let path = dir.join(format!("replica-{i}.key"));
+        std::fs::write(&path, hex(&key.seed()))?;
+        key_paths.push(path);
+    }
+    Ok((manifest_path, key_paths))
+}
+
+/// Reads a manifest written by [`write_cluster_files`].
+pub fn read_manifest(path: &std::path::Path) -> Result<Manifest, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    raft_bft::codec::decode(&bytes, 16 << 20).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a key file written by [`write_cluster_files`].
+pub fn read_key(path: &std::path::Path) -> Result<KeyPair, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = text.trim();
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{}: not hex", path.display()))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| format!("{}: expected 32 bytes of hex", path.display()))?;
+    Ok(KeyPair::from_seed(seed))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

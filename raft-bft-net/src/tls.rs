@@ -250,6 +250,9 @@ pub(crate) fn transport(limits: &Limits, streams: u32) -> Result<quinn::Transpor
         .map_err(|_| NetError::Config("idle_timeout is too large".into()))?;
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(limits.idle_timeout / 3));
+    // Replicas usually sit in one region; a smaller first RTT guess makes the first
+    // retransmission of a handshake (to a peer that was not listening yet) come sooner.
+    t.initial_rtt(Duration::from_millis(100));
     t.max_concurrent_uni_streams(streams.into());
     t.max_concurrent_bidi_streams(streams.into());
     Ok(t)
@@ -327,6 +330,45 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A replica's endpoint on `listen`: it serves with `server` and dials its peers from the same
+/// socket.
+///
+/// Its stateless-reset key (and connection-id key) is derived from the replica's secret key, so
+/// that it survives a restart: a peer that still sends on a connection to the previous process gets a valid
+/// stateless reset at its first packet and reconnects at once, instead of waiting for the idle
+/// timeout while everything it sends is lost.
+pub fn endpoint(
+    key: &KeyPair,
+    server: quinn::ServerConfig,
+    listen: std::net::SocketAddr,
+) -> Result<quinn::Endpoint, NetError> {
+    let secret = blake3::derive_key("raft-bft v1 QUIC stateless reset key", &key.seed());
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // The endpoint answers only packets whose connection id it could have issued; the ids'
+    // key must survive the restart too, or packets for the old connections are dropped
+    // without a reset.
+    let cid_secret = blake3::derive_key("raft-bft v1 QUIC connection id key", &key.seed());
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid_secret[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let bind = |source| NetError::Bind {
+        addr: listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
+    quinn::Endpoint::new(
+        config,
+        Some(server),
+        socket,
+        Arc::new(quinn::AsyncStdRuntime),
+    )
+    .map_err(bind)
+}
+
 /// The member whose key a replica connection authenticated with.
 pub(crate) fn member_of(cluster: &Cluster, key: &PublicKey) -> Option<ReplicaId> {
     cluster
@@ -339,6 +381,9 @@ pub(crate) fn member_of(cluster: &Cluster, key: &PublicKey) -> Option<ReplicaId>
 
 /// How long a handshake may take before the connection is dropped.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dial waits for the handshake before trying again (a peer that is not listening
+/// yet answers no packet; a fresh attempt reaches it as soon as it is).
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

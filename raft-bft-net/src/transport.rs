@@ -170,7 +170,8 @@ async fn send_to_peer(
     let mut pending: Option<Arc<Vec<u8>>> = None;
     loop {
         let conn = match endpoint.connect_with(config.clone(), addr, tls::SERVER_NAME) {
-            Ok(connecting) => async_std::future::timeout(tls::HANDSHAKE_TIMEOUT, connecting).await,
+            Ok(connecting) => async_std::future::timeout(tls::DIAL_TIMEOUT, connecting).await,
+            Err(quinn::ConnectError::EndpointStopping) => return,
             Err(e) => {
                 tracing::error!(%peer, error = %e, "cannot dial peer");
                 return;
@@ -333,8 +334,12 @@ async fn serve_peer<S: raft_bft::state_machine::StateMachine + Send + 'static>(
             loop {
                 match frame::read_frames(&mut recv, &mut decoder, &mut frames).await {
                     Ok(true) => {}
-                    Ok(false) => return,
+                    Ok(false) => {
+                        tracing::debug!(peer = %from, "peer stream finished");
+                        return;
+                    }
                     Err(e) => {
+                        tracing::debug!(peer = %from, error = %e, "peer stream failed");
                         stream_failed(&conn, &inbound, Some(from), &e);
                         return;
                     }
@@ -407,14 +412,22 @@ impl ClientConnState {
         if self.in_flight.len() >= limits.client_in_flight {
             return Err(Refusal::TooManyInFlight);
         }
+        self.admit_key(limits, client)?;
+        self.in_flight.insert((client, ts), now);
+        Ok(())
+    }
+
+    /// Admits one more client key on this connection (or refreshes a known one).
+    fn admit_key(&mut self, limits: &Limits, client: ClientId) -> Result<(), Refusal> {
+        let now = Instant::now();
         if !self.keys.contains_key(&client) && self.keys.len() >= limits.clients_per_connection {
+            let expiry = limits.in_flight_expiry;
             self.keys.retain(|_, t| now.duration_since(*t) < expiry);
             if self.keys.len() >= limits.clients_per_connection {
                 return Err(Refusal::TooManyClients);
             }
         }
         self.keys.insert(client, now);
-        self.in_flight.insert((client, ts), now);
         Ok(())
     }
 }
@@ -499,6 +512,39 @@ async fn read_client<S: raft_bft::state_machine::StateMachine + Send + 'static>(
                         tx,
                     };
                     if inbound.verify.send(input).await.is_err() {
+                        return;
+                    }
+                }
+                ClientRequest::Subscribe { client, sig } => {
+                    // Rate-limited like txs: each subscription costs a signature check.
+                    let admitted = match state.lock() {
+                        Ok(mut s) => {
+                            if s.bucket.take(Instant::now()) {
+                                s.admit_key(&inbound.limits, client)
+                            } else {
+                                Err(Refusal::RateLimited)
+                            }
+                        }
+                        Err(_) => Err(Refusal::Overloaded),
+                    };
+                    if admitted.is_err() {
+                        inbound.stats.count(&inbound.stats.in_flight_refused);
+                        continue;
+                    }
+                    let valid = wire::subscription_digest(conn, &client)
+                        .is_some_and(|d| raft_bft::crypto::verify(&client, &d, &sig).is_ok());
+                    if !valid {
+                        inbound.stats.count(&inbound.stats.invalid_client_txs);
+                        tracing::debug!(conn = conn_id, "bad subscription signature; closing");
+                        close(conn, close_code::PROTOCOL, "bad subscription signature");
+                        return;
+                    }
+                    let event = Event::Subscribe {
+                        conn: conn_id,
+                        respond: respond.clone(),
+                        client,
+                    };
+                    if inbound.events.send(event).await.is_err() {
                         return;
                     }
                 }

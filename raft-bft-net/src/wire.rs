@@ -8,7 +8,7 @@
 use raft_bft::codec::{self, CodecError};
 use raft_bft::config::Params;
 use raft_bft::message::{ReplicaMessage, Reply, SignedTx};
-use raft_bft::types::{ClientId, Index, ReplicaId, Term};
+use raft_bft::types::{ClientId, Digest, Index, ReplicaId, Signature, Term};
 use serde::{Deserialize, Serialize};
 
 /// A request from a client.
@@ -17,6 +17,16 @@ pub enum ClientRequest {
     /// A signed tx to order and execute. Reads of the application's state are txs too (a
     /// read-only op): they are ordered, so the `f + 1` matching answers are linearizable.
     Submit(SignedTx),
+    /// Asks the replica to send this connection the replies to `client`'s txs, including txs
+    /// that reach it through other replicas. Signed by the client over
+    /// [`subscription_digest`] of this connection, so it cannot be replayed on another one
+    /// to divert someone else's replies.
+    Subscribe {
+        /// The client key.
+        client: ClientId,
+        /// The client's signature over the connection's subscription digest.
+        sig: Signature,
+    },
     /// The replica's view of the cluster (unsigned: a hint, not evidence).
     Status {
         /// Echoed in the answer.
@@ -84,6 +94,18 @@ pub struct StatusReport {
     pub checkpoint_index: Index,
     /// True while it rebuilds from its peers after losing its disk.
     pub rebuilding: bool,
+}
+
+/// What a client signs to subscribe on one connection: a digest of keying material exported
+/// from that connection's TLS session (RFC 5705), which only its two ends know.
+pub fn subscription_digest(conn: &quinn::Connection, client: &ClientId) -> Option<Digest> {
+    let mut material = [0u8; 32];
+    conn.export_keying_material(&mut material, b"raft-bft v1 client subscription", &client.0)
+        .ok()?;
+    Some(Digest(blake3::derive_key(
+        "raft-bft v1 client subscription digest",
+        &material,
+    )))
 }
 
 /// The largest client request frame: a tx of `max_op_bytes` and its envelope.

@@ -524,6 +524,9 @@ pub enum ReplicaMessage {
     CheckpointChunk(CheckpointChunk),
     /// A replica that lost its disk asks how far the cluster has committed.
     FetchStatus,
+    /// A replica that saw a later term's leader speak asks for the NewTerm that started it
+    /// (a replica that missed the term change, for example while it was down).
+    FetchNewTerm,
     /// How far the sender has committed: the commit certificate at its commit index, or the
     /// execution certificate of its stable checkpoint.
     Status(Certificate),
@@ -564,6 +567,7 @@ impl ReplicaMessage {
             ReplicaMessage::FetchCheckpoint { .. } => "fetch-checkpoint",
             ReplicaMessage::CheckpointChunk(_) => "checkpoint-chunk",
             ReplicaMessage::FetchStatus => "fetch-status",
+            ReplicaMessage::FetchNewTerm => "fetch-new-term",
             ReplicaMessage::Status(_) => "status",
         }
     }

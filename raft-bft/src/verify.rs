@@ -155,6 +155,8 @@ pub enum VerifiedMessage {
     CheckpointChunk(CheckpointChunk),
     /// A request for the sender's commit status.
     FetchStatus,
+    /// A request for the NewTerm of the sender's current term.
+    FetchNewTerm,
     /// A valid commit certificate (phase `Append`) or execution certificate (phase `Commit`).
     Status(Certificate),
 }
@@ -558,6 +560,7 @@ impl Verifier {
                 VerifiedMessage::CheckpointChunk(self.verify_checkpoint_chunk(chunk)?)
             }
             ReplicaMessage::FetchStatus => VerifiedMessage::FetchStatus,
+            ReplicaMessage::FetchNewTerm => VerifiedMessage::FetchNewTerm,
             ReplicaMessage::Status(cert) => {
                 let phase = cert.subject.phase;
                 if phase == Phase::PreAppend {

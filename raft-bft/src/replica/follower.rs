@@ -61,6 +61,7 @@ impl<S: StateMachine> Replica<S> {
     ) -> bool {
         if term != self.term || self.terms.seeking {
             self.refuse("pre-append for another term");
+            self.ask_for_new_term(term);
             return false;
         }
         if let Err(why) = self.fits_chosen_log(&entry) {
@@ -214,6 +215,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn on_heartbeat(&mut self, term: Term, commit: Option<Certificate>) {
         if term != self.term || self.terms.seeking {
             self.refuse("heartbeat for another term");
+            self.ask_for_new_term(term);
             return;
         }
         if let Some(cc) = commit.filter(|cc| cc.subject.index > self.log.commit_index()) {

@@ -483,6 +483,7 @@ impl<S: StateMachine> Replica<S> {
             } => self.serve_checkpoint(from, above, index, offset),
             VerifiedMessage::CheckpointChunk(chunk) => self.on_checkpoint_chunk(from, chunk),
             VerifiedMessage::FetchStatus => self.serve_status(from),
+            VerifiedMessage::FetchNewTerm => self.send_new_term_to(from),
             VerifiedMessage::Status(cert) => self.on_status(from, cert),
         }
     }

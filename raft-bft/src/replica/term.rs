@@ -48,6 +48,8 @@ pub(crate) struct TermState {
     forwarded: BTreeMap<(ClientId, u64), Time>,
     /// When this replica last sent its NewTerm to a replica behind.
     new_term_sent: BTreeMap<ReplicaId, Time>,
+    /// When this replica last asked a later term's leader for its NewTerm.
+    pub(super) new_term_asked: Option<Time>,
     /// When this replica last broadcast its TermChange.
     last_term_change_sent: Time,
     /// When the new leader last asked for a chosen entry it lacks.
@@ -69,6 +71,7 @@ impl TermState {
             pre_appended_at: BTreeMap::new(),
             forwarded: BTreeMap::new(),
             new_term_sent: BTreeMap::new(),
+            new_term_asked: None,
             last_term_change_sent: now,
             fetch_chosen_sent: Time(0),
         }
@@ -294,6 +297,27 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.maybe_start_term(wanted);
+    }
+
+    /// The leader of `term` (whose signature the verifier checked) spoke in a term later than
+    /// ours: we missed its start. Its word alone does not move us (a Byzantine leader of a
+    /// future term could say anything), so ask it for the NewTerm, which proves the term
+    /// started; at most once per heartbeat interval.
+    pub(super) fn ask_for_new_term(&mut self, term: Term) {
+        if term <= self.term {
+            return;
+        }
+        let interval = self.cluster.params().heartbeat_interval;
+        if self
+            .terms
+            .new_term_asked
+            .is_some_and(|at| self.now < at.after(interval))
+        {
+            return;
+        }
+        self.terms.new_term_asked = Some(self.now);
+        let leader = self.cluster.leader_of(term);
+        self.send(Target::Replica(leader), ReplicaMessage::FetchNewTerm);
     }
 
     pub(super) fn send_new_term_to(&mut self, peer: ReplicaId) {

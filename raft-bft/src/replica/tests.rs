@@ -1019,3 +1019,64 @@ fn a_compacted_durable_state_is_refused_until_checkpoints_exist() {
         })
     ));
 }
+
+#[test]
+fn a_replica_that_missed_a_term_change_asks_the_new_leader_for_its_new_term() {
+    // Replica 0 led term 0 and was down while the others moved to term 1 (led by replica 1).
+    // Back, the cluster is idle: only heartbeats of term 1 reach it. It must still join.
+    let mut fx = Fixture::new(4);
+    let mut l = fx.replica(1, DurableState::default());
+    let mut disk = DurableState::default();
+    for from in [2u32, 3] {
+        let tc = crate::message::TermChange::sign(
+            &fx.cid(),
+            &fx.keys[from as usize],
+            ReplicaId(from),
+            Term(1),
+            None,
+            vec![],
+        );
+        let m = fx.wire(from, &ReplicaMessage::TermChange(tc));
+        l.on_message(Time(1), ReplicaId(from), m);
+        let r = l.ready();
+        persist_all(&mut l, &r, &mut disk);
+    }
+    assert!(l.is_leader() && l.term() == Term(1));
+    l.ready();
+
+    let mut old = fx.replica(0, DurableState::default());
+    assert!(old.is_leader() && old.term() == Term(0));
+    old.ready();
+    let hb = crate::message::Heartbeat::sign(&fx.cid(), &fx.keys[1], Term(1), None);
+    let m = fx.wire(1, &ReplicaMessage::Heartbeat(hb.clone()));
+    old.on_message(Time(10), ReplicaId(1), m.clone());
+    let asks: Vec<_> = old
+        .ready()
+        .messages
+        .into_iter()
+        .filter(|m| matches!(m.message, ReplicaMessage::FetchNewTerm))
+        .collect();
+    assert_eq!(asks.len(), 1, "the stale replica asks once");
+    assert_eq!(asks[0].to, Target::Replica(ReplicaId(1)));
+    // Asked again at once, it does not ask again (one ask per heartbeat interval).
+    old.on_message(Time(11), ReplicaId(1), m);
+    assert!(!old
+        .ready()
+        .messages
+        .iter()
+        .any(|m| matches!(m.message, ReplicaMessage::FetchNewTerm)));
+
+    // The leader answers with its NewTerm; the stale replica enters term 1 as a follower.
+    let ask = fx.wire(0, &ReplicaMessage::FetchNewTerm);
+    l.on_message(Time(12), ReplicaId(0), ask);
+    let answer = l
+        .ready()
+        .messages
+        .into_iter()
+        .find(|m| matches!(m.message, ReplicaMessage::NewTerm(_)))
+        .expect("the leader answers with its NewTerm");
+    assert_eq!(answer.to, Target::Replica(ReplicaId(0)));
+    let nt = fx.wire(1, &answer.message);
+    old.on_message(Time(13), ReplicaId(1), nt);
+    assert_eq!((old.term(), old.is_leader()), (Term(1), false));
+}

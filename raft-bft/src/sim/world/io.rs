@@ -62,6 +62,7 @@ fn describe(msg: &ReplicaMessage) -> String {
             c.total
         ),
         ReplicaMessage::FetchStatus => "FetchStatus".to_string(),
+        ReplicaMessage::FetchNewTerm => "FetchNewTerm".to_string(),
         ReplicaMessage::Status(c) => format!("Status({:?} i{})", c.subject.phase, c.subject.index),
     }
 }
