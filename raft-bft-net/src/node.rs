@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The UDP address to bind; defaults to this replica's manifest address.
     pub listen: Option<SocketAddr>,
+    /// A UDP socket bound already (by a supervisor, or a test that must hold its ports from
+    /// the moment it writes the manifest), used instead of binding `listen`.
+    pub socket: Option<Arc<std::net::UdpSocket>>,
     /// How to treat the data directory.
     pub start: StartMode,
     /// Network limits.
@@ -84,6 +87,7 @@ impl NodeConfig {
             key,
             data_dir: data_dir.into(),
             listen: None,
+            socket: None,
             start: StartMode::default(),
             limits: Limits::default(),
             verify_threads: None,
@@ -207,7 +211,15 @@ impl<S: StateMachine + Send + 'static> Node<S> {
         };
         let identity = TlsIdentity::new(&config.key)?;
         let server = tls::server_config(&cluster, &identity, &config.limits)?;
-        let endpoint = tls::endpoint(&config.key, server, listen)?;
+        let socket = match &config.socket {
+            Some(s) => s.try_clone(),
+            None => std::net::UdpSocket::bind(listen),
+        }
+        .map_err(|source| NetError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let endpoint = tls::endpoint(&config.key, server, socket)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: listen,
             source,

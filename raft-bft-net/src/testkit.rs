@@ -84,12 +84,19 @@ pub fn test_params() -> Params {
     }
 }
 
-/// A manifest for `n` replicas on 127.0.0.1 at free ports, and their keys (from fixed seeds).
+/// A manifest for `n` replicas on 127.0.0.1, their keys (from fixed seeds), and the UDP
+/// sockets bound at their addresses: hand them to the nodes (`NodeConfig::socket`) so that no
+/// other program takes a port between now and then (drop them just before starting replica
+/// processes).
 pub fn local_manifest(
     name: &str,
     n: usize,
     params: Params,
-) -> std::io::Result<(Manifest, Vec<KeyPair>)> {
+) -> std::io::Result<(
+    Manifest,
+    Vec<KeyPair>,
+    Vec<std::sync::Arc<std::net::UdpSocket>>,
+)> {
     let keys: Vec<KeyPair> = (0..n)
         .map(|i| {
             let mut seed = [0u8; 32];
@@ -99,10 +106,13 @@ pub fn local_manifest(
         })
         .collect();
     let mut replicas = Vec::new();
+    let mut sockets = Vec::new();
     for k in &keys {
-        replicas.push((k.public(), format!("127.0.0.1:{}", crate::free_udp_port()?)));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        replicas.push((k.public(), socket.local_addr()?.to_string()));
+        sockets.push(std::sync::Arc::new(socket));
     }
-    Ok((Manifest::new(name, replicas, params), keys))
+    Ok((Manifest::new(name, replicas, params), keys, sockets))
 }
 
 /// Writes `manifest` (MessagePack) and one key file per replica (the hex of its seed) into

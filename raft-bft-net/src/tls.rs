@@ -330,7 +330,7 @@ pub fn client_config(
     Ok(config)
 }
 
-/// A replica's endpoint on `listen`: it serves with `server` and dials its peers from the same
+/// A replica's endpoint on `socket`: it serves with `server` and dials its peers from the same
 /// socket.
 ///
 /// Its stateless-reset key (and connection-id key) is derived from the replica's secret key, so
@@ -340,7 +340,7 @@ pub fn client_config(
 pub fn endpoint(
     key: &KeyPair,
     server: quinn::ServerConfig,
-    listen: std::net::SocketAddr,
+    socket: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, NetError> {
     let secret = blake3::derive_key("raft-bft v1 QUIC stateless reset key", &key.seed());
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
@@ -355,18 +355,16 @@ pub fn endpoint(
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let bind = |source| NetError::Bind {
-        addr: listen,
-        source,
-    };
-    let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
+    let addr = socket
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     quinn::Endpoint::new(
         config,
         Some(server),
         socket,
         Arc::new(quinn::AsyncStdRuntime),
     )
-    .map_err(bind)
+    .map_err(|source| NetError::Bind { addr, source })
 }
 
 /// The member whose key a replica connection authenticated with.

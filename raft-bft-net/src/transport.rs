@@ -549,6 +549,14 @@ async fn read_client<S: raft_bft::state_machine::StateMachine + Send + 'static>(
                     }
                 }
                 ClientRequest::Status { id } => {
+                    // Each status costs the event loop a turn: rate-limited like txs.
+                    let allowed = state
+                        .lock()
+                        .is_ok_and(|mut s| s.bucket.take(Instant::now()));
+                    if !allowed {
+                        inbound.stats.count(&inbound.stats.rate_limited);
+                        continue;
+                    }
                     let (tx, rx) = channel::bounded(1);
                     if inbound.events.send(Event::Status(tx)).await.is_err() {
                         return;

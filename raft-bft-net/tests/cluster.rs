@@ -14,16 +14,19 @@ use raft_bft_net::{close_code, Client, ClientOptions, Limits, NetStats, Node, No
 struct TestCluster {
     manifest: Manifest,
     keys: Vec<KeyPair>,
+    /// Held for the whole test, so that a restarted node gets its port back.
+    sockets: Vec<std::sync::Arc<std::net::UdpSocket>>,
     dir: tempfile::TempDir,
     nodes: Vec<Option<Node<OpCounter>>>,
 }
 
 impl TestCluster {
     async fn start(name: &str) -> TestCluster {
-        let (manifest, keys) = local_manifest(name, 4, test_params()).unwrap();
+        let (manifest, keys, sockets) = local_manifest(name, 4, test_params()).unwrap();
         let mut c = TestCluster {
             manifest,
             keys,
+            sockets,
             dir: tempfile::tempdir().unwrap(),
             nodes: (0..4).map(|_| None).collect(),
         };
@@ -34,12 +37,13 @@ impl TestCluster {
     }
 
     async fn start_node(&mut self, i: usize) {
-        let config = NodeConfig::new(
+        let mut config = NodeConfig::new(
             self.manifest.clone(),
             ReplicaId(i as u32),
             self.keys[i].clone(),
             self.dir.path().join(format!("replica-{i}")),
         );
+        config.socket = Some(self.sockets[i].clone());
         self.nodes[i] = Some(Node::start(config, OpCounter::default()).await.unwrap());
     }
 
@@ -238,6 +242,24 @@ fn unknown_keys_oversized_frames_and_garbage_close_their_connection_and_the_clus
         assert_eq!(
             closed_with(&conn).await,
             Some(u64::from(close_code::UNDECODABLE))
+        );
+
+        // A subscription signed for another connection (here: over a made-up digest) would
+        // divert that client's replies: it closes the connection.
+        let conn = dial(&c.manifest, 2, None).await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let victim = KeyPair::from_seed([201; 32]);
+        let replayed = raft_bft_net::wire::ClientRequest::Subscribe {
+            client: victim.public(),
+            sig: victim.sign(&raft_bft::types::Digest([7; 32])),
+        };
+        let bytes = raft_bft::codec::encode(&replayed).unwrap();
+        send.write_all(&raft_bft_net::frame::frame(&bytes))
+            .await
+            .unwrap();
+        assert_eq!(
+            closed_with(&conn).await,
+            Some(u64::from(close_code::PROTOCOL))
         );
 
         // A member (replica 3's key, in a test that plays it) sending garbage on a replica link.

@@ -13,7 +13,8 @@ use support::{check_states, view, wait_applied, Load, Processes};
 #[test]
 fn kill_9_of_the_leader_under_load_loses_no_acknowledged_tx() {
     let dir = support::test_dir("e2e-kill");
-    let (manifest, keys) = local_manifest("e2e-kill", 4, test_params()).unwrap();
+    let (manifest, keys, sockets) = local_manifest("e2e-kill", 4, test_params()).unwrap();
+    drop(sockets); // the replica processes bind the ports themselves
     let mut procs = Processes::new(dir.path(), manifest.clone(), &keys, vec![]);
     for i in 0..4 {
         procs.start(i);
