@@ -60,10 +60,17 @@ fn reference(stream: &[u8], limit: usize) -> (Vec<Vec<u8>>, Outcome) {
 /// the re-encoded prefix `encoded` of `stream`.
 fn check_new_frames(stream: &[u8], encoded: &mut Vec<u8>, new: &[Vec<u8>], limit: usize) {
     for f in new {
-        assert!(f.len() <= limit, "a frame of {} bytes above the limit {limit}", f.len());
+        assert!(
+            f.len() <= limit,
+            "a frame of {} bytes above the limit {limit}",
+            f.len()
+        );
         let start = encoded.len();
         encode_frame(f, encoded);
-        assert!(encoded.len() <= stream.len(), "frames re-encode past the stream's end");
+        assert!(
+            encoded.len() <= stream.len(),
+            "frames re-encode past the stream's end"
+        );
         assert_eq!(
             &encoded[start..],
             &stream[start..encoded.len()],
@@ -104,7 +111,10 @@ fuzz_target!(|data: &[u8]| {
         match result {
             Ok(()) => {
                 consumed += take;
-                assert!(encoded.len() <= consumed, "frames from bytes not yet pushed");
+                assert!(
+                    encoded.len() <= consumed,
+                    "frames from bytes not yet pushed"
+                );
                 // What is left over after the complete frames is an unfinished frame.
                 let partial = &stream[encoded.len()..consumed];
                 if partial.len() >= HEADER_BYTES {
@@ -119,7 +129,10 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => {
                 // Only an oversized header fails a push, and it is the one after the last frame.
                 let at = encoded.len();
-                assert!(at + HEADER_BYTES <= consumed + take, "an error before a header arrived");
+                assert!(
+                    at + HEADER_BYTES <= consumed + take,
+                    "an error before a header arrived"
+                );
                 let len = header(&stream[at..]);
                 assert_eq!(
                     e,
@@ -142,7 +155,11 @@ fuzz_target!(|data: &[u8]| {
         None => {
             let finish = decoder.finish();
             assert_eq!(finish.is_ok(), encoded.len() == stream.len());
-            assert_eq!(Ok(finish), expected, "chunking changed the end of the stream");
+            assert_eq!(
+                Ok(finish),
+                expected,
+                "chunking changed the end of the stream"
+            );
         }
     }
 });

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use raft_bft::config::Params;
 use raft_bft::crypto::KeyPair;
 use raft_bft::manifest::{Cluster, Manifest};
-use raft_bft::types::ReplicaId;
+use raft_bft::types::{Digest, ReplicaId};
 use raft_bft::verify::Verifier;
 
 /// The 4-replica cluster the targets verify against (`f = 1`, quorum 3), with default params.
@@ -51,6 +51,11 @@ pub fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(Fixture::build)
 }
 
+/// `client_request`: stands for the digest a client signs to subscribe on a connection. The real
+/// one is derived from the connection's TLS keying material (`wire::subscription_digest`), which
+/// a sans-IO target has not got; the key and signature, the hostile part, come from the input.
+pub const SUBSCRIPTION_DIGEST: Digest = Digest([0x5b; 32]);
+
 /// `replica_message`: the first input byte names the sender as the transport authenticated it:
 /// replicas 0..=3 for bytes below 252 (`byte % 4`), a non-member (`ReplicaId(byte)`) above.
 pub fn sender_of(byte: u8) -> ReplicaId {
@@ -83,10 +88,10 @@ pub struct FrameControl<'a> {
 pub fn frame_limit(byte: u8) -> usize {
     let low = usize::from(byte & 0x3f);
     match byte >> 6 {
-        0 => low,                   // 0..=63: tiny limits, most frames refused
-        1 => (low + 1) * 64,        // 64..=4096
-        2 => (low + 1) << 18,       // 256 KiB..=16 MiB (the replica links' default limit)
-        _ => usize::MAX,            // clamped by the decoder to u32::MAX
+        0 => low,             // 0..=63: tiny limits, most frames refused
+        1 => (low + 1) * 64,  // 64..=4096
+        2 => (low + 1) << 18, // 256 KiB..=16 MiB (the replica links' default limit)
+        _ => usize::MAX,      // clamped by the decoder to u32::MAX
     }
 }
 

@@ -18,7 +18,7 @@ use raft_bft::message::{
     PreparedEntry, Rejection, ReplicaMessage, Reply, SignedTx, TermChange, Vote, VoteSubject,
 };
 use raft_bft::types::{ClientId, Digest, Index, ReplicaId, Term};
-use raft_bft_fuzz::{fixture, frame_control_bytes, sender_byte, Fixture};
+use raft_bft_fuzz::{fixture, frame_control_bytes, sender_byte, Fixture, SUBSCRIPTION_DIGEST};
 use raft_bft_net::frame::encode_frame;
 use raft_bft_net::wire::{ClientRequest, ClientResponse, Refusal, StatusReport};
 
@@ -54,7 +54,14 @@ fn subject(phase: Phase, index: Index, hash: Digest) -> VoteSubject {
 }
 
 /// The reply replica `replica` sends for the leaf at `position` of a batch of `count` replies.
-fn reply(fx: &Fixture, replica: u32, client: ClientId, ts: u64, outcome: Outcome, count: usize) -> Reply {
+fn reply(
+    fx: &Fixture,
+    replica: u32,
+    client: ClientId,
+    ts: u64,
+    outcome: Outcome,
+    count: usize,
+) -> Reply {
     let cid = fx.cluster.cluster_id();
     let position = count / 2;
     let mut leaves: Vec<Digest> = (0..count)
@@ -106,7 +113,12 @@ fn main() {
     let pc = certificate(fx, subject(Phase::PreAppend, Index(1), hash));
     let cc = certificate(fx, subject(Phase::Append, Index(1), hash));
     let ec = certificate(fx, subject(Phase::Commit, Index(1), hash));
-    let vote = Vote::sign(&cid, &fx.keys[2], ReplicaId(2), subject(Phase::PreAppend, Index(1), hash));
+    let vote = Vote::sign(
+        &cid,
+        &fx.keys[2],
+        ReplicaId(2),
+        subject(Phase::PreAppend, Index(1), hash),
+    );
     let header = EntryHeader {
         term: Term(1),
         index: Index(1),
@@ -156,7 +168,11 @@ fn main() {
     };
 
     let messages: Vec<(&str, ReplicaId, ReplicaMessage)> = vec![
-        ("pre_append", leader, ReplicaMessage::PreAppend(pre_append.clone())),
+        (
+            "pre_append",
+            leader,
+            ReplicaMessage::PreAppend(pre_append.clone()),
+        ),
         ("vote", ReplicaId(2), ReplicaMessage::Vote(vote.clone())),
         ("append", leader, ReplicaMessage::Append(pc.clone())),
         ("commit", leader, ReplicaMessage::Commit(cc.clone())),
@@ -167,11 +183,34 @@ fn main() {
             leader,
             ReplicaMessage::Heartbeat(Heartbeat::sign(&cid, leader_key, Term(1), Some(cc.clone()))),
         ),
-        ("term_change", ReplicaId(0), ReplicaMessage::TermChange(term_changes[0].clone())),
-        ("new_term", ReplicaId(3), ReplicaMessage::NewTerm(Arc::new(new_term))),
-        ("fetch_chosen", ReplicaId(2), ReplicaMessage::FetchChosen { index: Index(1), hash }),
-        ("chosen_entry", ReplicaId(0), ReplicaMessage::ChosenEntry(entry.clone())),
-        ("equivocation", ReplicaId(3), ReplicaMessage::Equivocation(equivocation)),
+        (
+            "term_change",
+            ReplicaId(0),
+            ReplicaMessage::TermChange(term_changes[0].clone()),
+        ),
+        (
+            "new_term",
+            ReplicaId(3),
+            ReplicaMessage::NewTerm(Arc::new(new_term)),
+        ),
+        (
+            "fetch_chosen",
+            ReplicaId(2),
+            ReplicaMessage::FetchChosen {
+                index: Index(1),
+                hash,
+            },
+        ),
+        (
+            "chosen_entry",
+            ReplicaId(0),
+            ReplicaMessage::ChosenEntry(entry.clone()),
+        ),
+        (
+            "equivocation",
+            ReplicaId(3),
+            ReplicaMessage::Equivocation(equivocation),
+        ),
         (
             "fetch_entries",
             ReplicaId(3),
@@ -197,8 +236,13 @@ fn main() {
                 offset: 0,
             },
         ),
-        ("checkpoint_chunk", ReplicaId(0), ReplicaMessage::CheckpointChunk(checkpoint)),
+        (
+            "checkpoint_chunk",
+            ReplicaId(0),
+            ReplicaMessage::CheckpointChunk(checkpoint),
+        ),
         ("fetch_status", ReplicaId(3), ReplicaMessage::FetchStatus),
+        ("fetch_new_term", ReplicaId(0), ReplicaMessage::FetchNewTerm),
         ("status", ReplicaId(0), ReplicaMessage::Status(cc.clone())),
     ];
     for (name, from, msg) in &messages {
@@ -218,13 +262,34 @@ fn main() {
             "submit_empty_op",
             ClientRequest::Submit(SignedTx::sign(&cid, &client, 2, Vec::new())),
         ),
+        (
+            "subscribe",
+            ClientRequest::Subscribe {
+                client: client.public(),
+                sig: client.sign(&SUBSCRIPTION_DIGEST),
+            },
+        ),
         ("status", ClientRequest::Status { id: 7 }),
     ];
     for (name, req) in &requests {
-        if let ClientRequest::Submit(tx) = req {
-            fx.verifier().verify_tx(tx.clone()).expect("the seed tx verifies");
+        match req {
+            ClientRequest::Submit(tx) => {
+                fx.verifier()
+                    .verify_tx(tx.clone())
+                    .expect("the seed tx verifies");
+            }
+            ClientRequest::Subscribe { client, sig } => {
+                raft_bft::crypto::verify(client, &SUBSCRIPTION_DIGEST, sig)
+                    .expect("the seed subscription verifies");
+            }
+            ClientRequest::Status { .. } => {}
         }
-        write(&dir, "client_request", name, &codec::encode(req).expect("encode a request"));
+        write(
+            &dir,
+            "client_request",
+            name,
+            &codec::encode(req).expect("encode a request"),
+        );
     }
 
     let executed = reply(
@@ -277,9 +342,16 @@ fn main() {
     ];
     for (name, resp) in &responses {
         if let ClientResponse::Reply(r) = resp {
-            fx.verifier().verify_reply(r).expect("the seed reply verifies");
+            fx.verifier()
+                .verify_reply(r)
+                .expect("the seed reply verifies");
         }
-        write(&dir, "client_response", name, &codec::encode(resp).expect("encode a response"));
+        write(
+            &dir,
+            "client_response",
+            name,
+            &codec::encode(resp).expect("encode a response"),
+        );
     }
 
     // Framed streams: a client connection's requests, a replica link's messages, an empty frame.
@@ -294,7 +366,10 @@ fn main() {
 
     let mut stream = Vec::new();
     for name in ["vote", "heartbeat", "fetch_status"] {
-        let (_, _, msg) = messages.iter().find(|(n, _, _)| *n == name).expect("a seed message");
+        let (_, _, msg) = messages
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .expect("a seed message");
         encode_frame(&codec::encode(msg).expect("encode"), &mut stream);
     }
     encode_frame(&[], &mut stream);

@@ -264,6 +264,7 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn propose_entry(&mut self, entry: CheckedEntry) {
         let index = entry.entry.index;
         let hash = entry.hash;
+        tracing::trace!(replica = %self.id, term = %self.term, %index, txs = entry.entry.txs.len(), "pre-append: proposing");
         let leader_sig = self.key.sign(&pre_append_digest(
             &self.cluster_id,
             self.term,
@@ -402,6 +403,7 @@ impl<S: StateMachine> Replica<S> {
         };
         flight.last_sent = self.now;
         self.metrics.certificates_formed += 1;
+        tracing::trace!(replica = %self.id, term = %s.term, index = %s.index, phase = ?s.phase, "certificate formed");
         match s.phase {
             Phase::PreAppend => {
                 self.send(Target::AllOthers, ReplicaMessage::Append(cert.clone()));

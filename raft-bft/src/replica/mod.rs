@@ -573,6 +573,7 @@ impl<S: StateMachine> Replica<S> {
                 .execute(&self.cluster_id, &slot.entry, Some((&self.key, self.id)));
             self.metrics.executed_entries += 1;
             self.metrics.executed_txs += done.executed_txs as u64;
+            tracing::trace!(replica = %self.id, %index, txs = done.executed_txs, "commit: executed");
             self.metrics.skipped_txs += done.skipped_txs as u64;
             if !done.replies.is_empty() {
                 self.outbox.push(Out::Replies(done.replies));
