@@ -15,7 +15,7 @@ use raft_bft::crypto::KeyPair;
 use raft_bft::manifest::Manifest;
 use raft_bft::types::Index;
 use raft_bft_net::testkit::test_params;
-use support::{check_states, view, wait_applied, Load, Processes};
+use support::{view, Load, Processes};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
@@ -189,7 +189,6 @@ fn a_minority_partition_makes_no_progress_loses_nothing_and_converges_after_heal
         assert!(before.0 > 0, "nothing committed before the partition");
         // Cut off the leader: the minority holds the replica that led.
         let isolated = leader.expect("a leader").as_usize();
-        let majority: Vec<usize> = (0..4).filter(|i| *i != isolated).collect();
         net.cut(isolated);
         async_std::task::sleep(Duration::from_secs(1)).await;
         let minority_at_cut = commit_from_inside(&net, &procs, isolated);
@@ -209,20 +208,10 @@ fn a_minority_partition_makes_no_progress_loses_nothing_and_converges_after_heal
 
         net.heal(isolated);
         async_std::task::sleep(Duration::from_secs(2)).await;
-        let result = load.finish().await;
-        let connections =
-            raft_bft_net::Connections::connect(manifest.clone(), Default::default()).unwrap();
-        let (_, end) = view(&connections, 4).await;
-        wait_applied(&connections, &[0, 1, 2, 3], end, Duration::from_secs(60)).await;
-        for i in 0..4 {
-            procs.stop(i);
-        }
-        let states: Vec<_> = (0..4).map(|i| procs.state(i)).collect();
-        check_states(&states, &result);
+        let (result, end) = support::finish_and_check(load, &mut procs).await;
         println!(
             "partition: isolated={isolated} minority_commit={minority_at_cut}->{minority_later} majority_commit={majority_at_cut}->{majority_later} acknowledged={} final_commit={end} converged=true",
             result.acknowledged.len()
         );
-        let _ = majority;
     });
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_std::task::block_on;
 use raft_bft_net::testkit::{local_manifest, test_params};
-use support::{check_states, view, wait_applied, Load, Processes};
+use support::{view, Load, Processes};
 
 #[test]
 fn kill_9_of_the_leader_under_load_loses_no_acknowledged_tx() {
@@ -44,16 +44,7 @@ fn kill_9_of_the_leader_under_load_loses_no_acknowledged_tx() {
 
         procs.start(leader);
         async_std::task::sleep(Duration::from_secs(3)).await;
-        let result = load.finish().await;
-        let connections =
-            raft_bft_net::Connections::connect(manifest.clone(), Default::default()).unwrap();
-        let (_, end) = view(&connections, 4).await;
-        wait_applied(&connections, &[0, 1, 2, 3], end, Duration::from_secs(60)).await;
-        for i in 0..4 {
-            procs.stop(i);
-        }
-        let states: Vec<_> = (0..4).map(|i| procs.state(i)).collect();
-        check_states(&states, &result);
+        let (result, end) = support::finish_and_check(load, &mut procs).await;
         println!(
             "e2e: acknowledged={} unknown={} commit_index={} killed_leader={leader}",
             result.acknowledged.len(),

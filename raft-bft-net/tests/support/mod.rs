@@ -297,6 +297,24 @@ pub async fn wait_applied(
     }
 }
 
+/// Stops the load, waits until every replica executed what any committed, stops the replicas
+/// gracefully and checks their states against what the load saw acknowledged. Returns the
+/// load's result and the final commit index.
+pub async fn finish_and_check(load: Load, procs: &mut Processes) -> (LoadResult, Index) {
+    let result = load.finish().await;
+    let n = procs.manifest.replicas.len();
+    let connections = Connections::connect(procs.manifest.clone(), Default::default()).unwrap();
+    let (_, end) = view(&connections, n).await;
+    let all: Vec<usize> = (0..n).collect();
+    wait_applied(&connections, &all, end, Duration::from_secs(60)).await;
+    for i in 0..n {
+        procs.stop(i);
+    }
+    let states: Vec<_> = (0..n).map(|i| procs.state(i)).collect();
+    check_states(&states, &result);
+    (result, end)
+}
+
 /// Checks the end states: every acknowledged op exactly once in every state, no op twice, and
 /// all states equal.
 pub fn check_states(states: &[OpCounter], load: &LoadResult) {

@@ -670,10 +670,9 @@ fn one_replica_alone_cannot_force_a_term_change_but_f_plus_one_can() {
     assert_eq!(f.term(), Term(7));
 }
 
-#[test]
-fn a_quorum_of_term_changes_starts_the_term_at_its_leader() {
-    let mut fx = Fixture::new(4);
-    // Replica 1 leads term 1.
+/// Replica 1 of four, after TermChanges for term 1 from replicas 2 and 3 (with its own, a
+/// quorum), each batch persisted: it leads term 1. Returns it and its disk.
+fn leader_of_term_one(fx: &mut Fixture) -> (Replica<Recorder>, DurableState) {
     let mut l = fx.replica(1, DurableState::default());
     let mut disk = DurableState::default();
     for from in [2u32, 3] {
@@ -690,6 +689,13 @@ fn a_quorum_of_term_changes_starts_the_term_at_its_leader() {
         let r = l.ready();
         persist_all(&mut l, &r, &mut disk);
     }
+    (l, disk)
+}
+
+#[test]
+fn a_quorum_of_term_changes_starts_the_term_at_its_leader() {
+    let mut fx = Fixture::new(4);
+    let (mut l, disk) = leader_of_term_one(&mut fx);
     // Two others ask (f + 1): it joins, and with its own TermChange that is a quorum of 3.
     assert_eq!(
         (l.term(), l.is_changing_term(), l.is_leader()),
@@ -1025,22 +1031,7 @@ fn a_replica_that_missed_a_term_change_asks_the_new_leader_for_its_new_term() {
     // Replica 0 led term 0 and was down while the others moved to term 1 (led by replica 1).
     // Back, the cluster is idle: only heartbeats of term 1 reach it. It must still join.
     let mut fx = Fixture::new(4);
-    let mut l = fx.replica(1, DurableState::default());
-    let mut disk = DurableState::default();
-    for from in [2u32, 3] {
-        let tc = crate::message::TermChange::sign(
-            &fx.cid(),
-            &fx.keys[from as usize],
-            ReplicaId(from),
-            Term(1),
-            None,
-            vec![],
-        );
-        let m = fx.wire(from, &ReplicaMessage::TermChange(tc));
-        l.on_message(Time(1), ReplicaId(from), m);
-        let r = l.ready();
-        persist_all(&mut l, &r, &mut disk);
-    }
+    let (mut l, _) = leader_of_term_one(&mut fx);
     assert!(l.is_leader() && l.term() == Term(1));
     l.ready();
 
