@@ -295,11 +295,14 @@ impl Link {
             else {
                 return;
             };
-            let conn = match async_std::future::timeout(tls::DIAL_TIMEOUT, connecting).await {
+            let conn = match async_std::future::timeout(backoff.dial_timeout(), connecting).await {
                 Ok(Ok(conn)) => conn,
-                _ => {
+                failed => {
                     if queue.is_closed() || self.shared.strong_count() == 0 {
                         return;
+                    }
+                    if failed.is_err() {
+                        backoff.dial_failed();
                     }
                     backoff.wait().await;
                     continue;
@@ -309,7 +312,7 @@ impl Link {
                 backoff.wait().await;
                 continue;
             };
-            backoff.reset();
+            backoff.connected();
             tracing::debug!(replica = %self.replica, "client connected");
             // Subscribe every client on the new connection before anything else goes out.
             let Some(shared) = self.shared.upgrade() else {
@@ -337,17 +340,32 @@ impl Link {
                 backoff.wait().await;
                 continue;
             }
-            let reader = task::spawn(read_responses(recv, self.shared.clone()));
+            // The reader closes the connection when it stops (a bad response, or the stream
+            // ended), so that the writer below notices and reconnects even when idle.
+            let reader_conn = conn.clone();
+            let shared = self.shared.clone();
+            let reader = task::spawn(async move {
+                read_responses(recv, shared).await;
+                reader_conn.close(0u32.into(), b"response stream ended");
+            });
             loop {
                 let bytes = match pending.take() {
                     Some(b) => b,
-                    None => match queue.recv().await {
-                        Ok(b) => b,
-                        Err(_) => {
-                            conn.close(0u32.into(), b"client closed");
-                            return;
+                    None => {
+                        let next = async { Some(queue.recv().await) };
+                        let closed = async {
+                            conn.closed().await;
+                            None
+                        };
+                        match futures_lite::future::race(next, closed).await {
+                            Some(Ok(b)) => b,
+                            Some(Err(_)) => {
+                                conn.close(0u32.into(), b"client closed");
+                                return;
+                            }
+                            None => break, // the connection closed: reconnect
                         }
-                    },
+                    }
                 };
                 if send.write_all(&bytes).await.is_err() {
                     pending = Some(bytes);

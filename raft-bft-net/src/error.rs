@@ -75,7 +75,7 @@ pub enum ClientError {
     /// The client could not be set up (manifest, TLS, socket).
     #[error("client setup: {0}")]
     Setup(String),
-    /// No replica answered a status request.
+    /// The replica did not answer a status request in time.
     #[error("replica {replica} did not answer: {why}")]
     Unreachable {
         /// Which replica.

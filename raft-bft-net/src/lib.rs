@@ -12,7 +12,8 @@
 //! Replica links use mutual TLS in which each certificate is bound to the replica's key in the
 //! manifest; clients pin each replica's key. Every byte from the network is framed with a size
 //! checked before allocation, decoded by the bounded codec and verified before the replica sees
-//! it; every queue is bounded.
+//! it. Queues, maps and QUIC buffers are bounded by [`Limits`] (queues by count of items, each
+//! item by the frame limit).
 //!
 //! # Example
 //!

@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 /// one of these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Client connections a replica serves at once; more are refused.
+    /// Client connections a replica serves at once; more are closed after their handshake
+    /// (replica links are not counted: clients cannot crowd them out).
     pub max_connections: usize,
+    /// Handshakes in progress at once; more are refused. Above a quarter of it, a sender must
+    /// first prove its address with a stateless retry.
+    pub max_handshakes: usize,
     /// A connection idle for this long is closed (keep-alives are sent at a third of it).
     pub idle_timeout: Duration,
     /// Client requests per second per connection (a token bucket refilled at this rate)...
@@ -35,6 +39,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_handshakes: 256,
             idle_timeout: Duration::from_secs(15),
             client_rate: 20_000,
             client_burst: 4_096,

@@ -138,6 +138,8 @@ pub(crate) enum Event<S> {
     },
     ClientClosed(ConnId),
     Synced(SyncDone),
+    /// The sync job panicked: what reached the disk is unknown.
+    SyncLost,
     Status(Sender<StatusReport>),
     Inspect(Inspect<S>),
     Shutdown(Sender<()>),
@@ -253,6 +255,7 @@ impl<S: StateMachine + Send + 'static> Node<S> {
             events: events_tx.clone(),
             stats: stats.clone(),
             clients: Arc::new(AtomicUsize::new(0)),
+            handshakes: Arc::new(AtomicUsize::new(0)),
             next_conn: Arc::new(AtomicU64::new(1)),
             peers: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -271,26 +274,32 @@ impl<S: StateMachine + Send + 'static> Node<S> {
             sync_running: false,
             routes: HashMap::new(),
             conn_clients: HashMap::new(),
+            clients_per_connection: config.limits.clients_per_connection,
             stats: stats.clone(),
             last_view: None,
             next_tick: None,
             next_report: Time(0),
         };
-        let main = task::spawn(
-            async move {
-                let result = event_loop.run().await;
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "replica stopped");
+        // The event loop runs on a thread of its own, so that no load on the executor's
+        // threads (connections, handshakes) can delay the replica's timers.
+        let main = task::spawn_blocking(move || {
+            task::block_on(
+                async move {
+                    let result = event_loop.run().await;
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "replica stopped");
+                    }
+                    endpoint.close(close_code::SHUTDOWN.into(), b"shutdown");
+                    let _ =
+                        async_std::future::timeout(Duration::from_secs(1), endpoint.wait_idle())
+                            .await;
+                    accept.cancel().await;
+                    drop(workers);
+                    result
                 }
-                endpoint.close(close_code::SHUTDOWN.into(), b"shutdown");
-                let _ =
-                    async_std::future::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-                accept.cancel().await;
-                drop(workers);
-                result
-            }
-            .instrument(span),
-        );
+                .instrument(span),
+            )
+        });
         Ok(Node {
             id,
             events: events_tx,
@@ -372,11 +381,48 @@ struct EventLoop<S> {
     sync_running: bool,
     /// Where each client's replies go: the connection that last sent a verified tx of it.
     routes: HashMap<ClientId, (ConnId, Sender<ClientResponse>)>,
-    conn_clients: HashMap<ConnId, HashSet<ClientId>>,
+    conn_clients: HashMap<ConnId, KeysInOrder>,
+    clients_per_connection: usize,
     stats: Arc<NetStats>,
     last_view: Option<(raft_bft::types::Term, bool)>,
     next_tick: Option<Time>,
     next_report: Time,
+}
+
+/// Client keys in the order they were first routed to a connection.
+#[derive(Default)]
+struct KeysInOrder {
+    set: HashSet<ClientId>,
+    order: std::collections::VecDeque<ClientId>,
+}
+
+impl KeysInOrder {
+    /// True if `client` is new here.
+    fn insert(&mut self, client: ClientId) -> bool {
+        let new = self.set.insert(client);
+        if new {
+            self.order.push_back(client);
+        }
+        new
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn pop_oldest(&mut self) -> Option<ClientId> {
+        while let Some(c) = self.order.pop_front() {
+            if self.set.remove(&c) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, client: &ClientId) {
+        // Its place in `order` is skipped when it comes up.
+        self.set.remove(client);
+    }
 }
 
 /// Most events handled before the replica's work is taken (so one `Ready` covers many inputs).
@@ -451,8 +497,17 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
             Event::Peer(from, msg) => self.replica.on_message(now, from, msg),
             Event::PeerInvalid(from) => self.replica.on_invalid_message(now, from),
             Event::ClientTx { conn, respond, tx } => {
+                // A signed tx can be replayed by anyone who saw it (a Byzantine replica sees
+                // them all), so it never takes a live route away: only a subscription, bound
+                // to its connection, does.
                 let client = tx.tx.client;
-                self.route(client, conn, respond);
+                let live = self
+                    .routes
+                    .get(&client)
+                    .is_some_and(|(_, r)| !r.is_closed());
+                if !live {
+                    self.route(client, conn, respond);
+                }
                 self.replica.on_client_tx(now, tx);
             }
             Event::Subscribe {
@@ -461,7 +516,8 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
                 client,
             } => self.route(client, conn, respond),
             Event::ClientClosed(conn) => {
-                for client in self.conn_clients.remove(&conn).unwrap_or_default() {
+                let keys = self.conn_clients.remove(&conn).unwrap_or_default();
+                for client in keys.set {
                     if self.routes.get(&client).is_some_and(|(c, _)| *c == conn) {
                         self.routes.remove(&client);
                     }
@@ -481,6 +537,13 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
                     self.replica.on_persisted(now, id);
                 }
             }
+            Event::SyncLost => {
+                let source = self.store.abandon_sync();
+                return Err(NetError::Storage {
+                    dir: self.data_dir.clone(),
+                    source,
+                });
+            }
             Event::Status(reply) => {
                 let _ = reply.try_send(self.status());
             }
@@ -490,7 +553,13 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
         Ok(())
     }
 
+    /// Sends `client`'s replies to `conn`. A connection holds routes for at most
+    /// `clients_per_connection` keys (the oldest goes first), and a closed one gets none (an
+    /// input can arrive after its connection closed).
     fn route(&mut self, client: ClientId, conn: ConnId, respond: Sender<ClientResponse>) {
+        if respond.is_closed() {
+            return;
+        }
         if let Some((old, _)) = self.routes.insert(client, (conn, respond)) {
             if old != conn {
                 if let Some(set) = self.conn_clients.get_mut(&old) {
@@ -498,7 +567,17 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
                 }
             }
         }
-        self.conn_clients.entry(conn).or_default().insert(client);
+        let keys = self.conn_clients.entry(conn).or_default();
+        if keys.insert(client) {
+            while keys.len() > self.clients_per_connection {
+                let Some(oldest) = keys.pop_oldest() else {
+                    break;
+                };
+                if self.routes.get(&oldest).is_some_and(|(c, _)| *c == conn) {
+                    self.routes.remove(&oldest);
+                }
+            }
+        }
     }
 
     fn status(&self) -> StatusReport {
@@ -578,8 +657,13 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
             self.sync_running = true;
             let events = self.self_events.clone();
             task::spawn(async move {
-                let done = task::spawn_blocking(move || job.run()).await;
-                let _ = events.send(Event::Synced(done)).await;
+                let run =
+                    move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
+                let event = match task::spawn_blocking(run).await {
+                    Ok(done) => Event::Synced(done),
+                    Err(_) => Event::SyncLost,
+                };
+                let _ = events.send(event).await;
             });
         }
         Ok(())
@@ -596,6 +680,7 @@ impl<S: StateMachine + Send + 'static> EventLoop<S> {
             }
             match self.events.recv().await {
                 Ok(Event::Synced(d)) => self.handle(Event::Synced(d))?,
+                Ok(Event::SyncLost) => self.handle(Event::SyncLost)?,
                 Ok(Event::Shutdown(more)) => drop(more),
                 Ok(Event::Status(reply)) => {
                     let _ = reply.try_send(self.status());

@@ -255,6 +255,12 @@ pub(crate) fn transport(limits: &Limits, streams: u32) -> Result<quinn::Transpor
     t.initial_rtt(Duration::from_millis(100));
     t.max_concurrent_uni_streams(streams.into());
     t.max_concurrent_bidi_streams(streams.into());
+    // Bound what a peer can make us buffer: per stream, per connection, and no datagrams
+    // (unused). Frames larger than a window still pass, as the reader consumes them.
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window((2 * STREAM_WINDOW).into());
+    t.send_window(4 * u64::from(STREAM_WINDOW));
+    t.datagram_receive_buffer_size(None);
     Ok(t)
 }
 
@@ -287,9 +293,10 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    // Each side opens one stream per connection; a little slack for a reconnecting peer.
-    config.transport_config(Arc::new(transport(limits, 4)?));
-    config.max_incoming(limits.max_connections + 64);
+    // A replica link carries one unidirectional stream, a client connection one bidirectional
+    // stream (the other kind is closed once the ALPN says which it is).
+    config.transport_config(Arc::new(transport(limits, 1)?));
+    config.max_incoming(limits.max_handshakes);
     Ok(config)
 }
 
@@ -326,7 +333,8 @@ pub fn client_config(
     tls.enable_early_data = false;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport(limits, 4)?));
+    // The server opens no streams towards us.
+    config.transport_config(Arc::new(transport(limits, 0)?));
     Ok(config)
 }
 
@@ -377,10 +385,14 @@ pub(crate) fn member_of(cluster: &Cluster, key: &PublicKey) -> Option<ReplicaId>
         .map(|r| r.id)
 }
 
+/// Bytes a peer may send on one stream ahead of what the reader consumed.
+const STREAM_WINDOW: u32 = 1 << 20;
+
 /// How long a handshake may take before the connection is dropped.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a dial waits for the handshake before trying again (a peer that is not listening
-/// yet answers no packet; a fresh attempt reaches it as soon as it is).
+/// How long a first dial waits for the handshake before trying again (a peer that is not
+/// listening yet answers no packet; a fresh attempt reaches it as soon as it is). Each failed
+/// attempt doubles it, up to [`HANDSHAKE_TIMEOUT`], so that a slow path still connects.
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[cfg(test)]

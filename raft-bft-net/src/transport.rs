@@ -38,6 +38,8 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 3;
     /// Replaced by a newer connection from the same peer.
     pub const REPLACED: u32 = 4;
+    /// The replica serves as many client connections as it may.
+    pub const BUSY: u32 = 5;
 }
 
 fn close(conn: &quinn::Connection, code: u32, why: &str) {
@@ -58,33 +60,67 @@ pub(crate) fn resolve(address: &str) -> Result<SocketAddr, crate::NetError> {
         .ok_or_else(|| err("no address".into()))
 }
 
-/// Backoff between reconnection attempts: doubles from `MIN` to `MAX`.
+/// Backoff between reconnection attempts: the wait doubles from `MIN` to `MAX`, and so does the
+/// time a dial may take (from `DIAL_TIMEOUT` to `HANDSHAKE_TIMEOUT`).
 pub(crate) struct Backoff {
     next: Duration,
+    dial: Duration,
+    connected_at: Option<Instant>,
 }
 
 impl Backoff {
     const MIN: Duration = Duration::from_millis(20);
     const MAX: Duration = Duration::from_secs(2);
+    /// A connection must stay up this long before the backoff starts over (a peer that
+    /// closes at once is not redialled in a tight loop).
+    const STABLE: Duration = Duration::from_secs(1);
 
     pub(crate) fn new() -> Self {
-        Backoff { next: Self::MIN }
+        Backoff {
+            next: Self::MIN,
+            dial: tls::DIAL_TIMEOUT,
+            connected_at: None,
+        }
     }
 
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::MIN;
+    /// How long the next dial may take.
+    pub(crate) fn dial_timeout(&self) -> Duration {
+        self.dial
     }
 
+    /// A connection is up.
+    pub(crate) fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+        self.dial = tls::DIAL_TIMEOUT;
+    }
+
+    /// Waits before the next attempt.
     pub(crate) async fn wait(&mut self) {
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= Self::STABLE)
+        {
+            self.next = Self::MIN;
+        }
         task::sleep(self.next).await;
         self.next = (self.next * 2).min(Self::MAX);
     }
+
+    /// A dial timed out: the next one may take longer.
+    pub(crate) fn dial_failed(&mut self) {
+        self.dial = (self.dial * 2).min(tls::HANDSHAKE_TIMEOUT);
+    }
 }
+
+/// An encoded, framed message, shared by the queues of every peer it goes to.
+type Frame = Arc<Vec<u8>>;
 
 /// The outgoing side: one queue and one sending task per peer.
 pub(crate) struct PeerLinks {
     me: ReplicaId,
-    queues: Vec<Option<Sender<Arc<Vec<u8>>>>>,
+    /// Each peer's queue; the receiver half is kept to drop the oldest frame when full.
+    queues: Vec<Option<(Sender<Frame>, Receiver<Frame>)>>,
     tasks: Vec<task::JoinHandle<()>>,
     stats: Arc<NetStats>,
 }
@@ -110,10 +146,11 @@ impl PeerLinks {
             let (tx, rx) = channel::bounded(limits.send_queue);
             let endpoint = endpoint.clone();
             let peer = info.id;
+            let oldest = rx.clone();
             tasks.push(task::spawn(async move {
                 send_to_peer(endpoint, config, addr, peer, rx).await
             }));
-            queues.push(Some(tx));
+            queues.push(Some((tx, oldest)));
         }
         Ok(PeerLinks {
             me,
@@ -133,12 +170,18 @@ impl PeerLinks {
             }
         };
         for (i, queue) in self.queues.iter().enumerate() {
-            let Some(queue) = queue else { continue };
+            let Some((queue, oldest)) = queue else {
+                continue;
+            };
             if to.is_some_and(|t| t.as_usize() != i) {
                 continue;
             }
-            if let Err(TrySendError::Full(_)) = queue.try_send(bytes.clone()) {
+            if let Err(TrySendError::Full(frame)) = queue.try_send(bytes.clone()) {
+                // A full queue holds what a slow or absent peer did not take: drop the oldest
+                // frame, not the newest (the protocol retransmits what still matters).
                 self.stats.count(&self.stats.dropped_frames);
+                let _ = oldest.try_recv();
+                let _ = queue.try_send(frame);
             }
         }
         if to == Some(self.me) {
@@ -170,7 +213,7 @@ async fn send_to_peer(
     let mut pending: Option<Arc<Vec<u8>>> = None;
     loop {
         let conn = match endpoint.connect_with(config.clone(), addr, tls::SERVER_NAME) {
-            Ok(connecting) => async_std::future::timeout(tls::DIAL_TIMEOUT, connecting).await,
+            Ok(connecting) => async_std::future::timeout(backoff.dial_timeout(), connecting).await,
             Err(quinn::ConnectError::EndpointStopping) => return,
             Err(e) => {
                 tracing::error!(%peer, error = %e, "cannot dial peer");
@@ -188,6 +231,7 @@ async fn send_to_peer(
                 continue;
             }
             Err(_) => {
+                backoff.dial_failed();
                 backoff.wait().await;
                 continue;
             }
@@ -200,7 +244,7 @@ async fn send_to_peer(
             }
         };
         tracing::debug!(%peer, "connected to peer");
-        backoff.reset();
+        backoff.connected();
         loop {
             let bytes = match pending.take() {
                 Some(b) => b,
@@ -236,6 +280,8 @@ pub(crate) struct Inbound<S: raft_bft::state_machine::StateMachine + Send + 'sta
     pub(crate) events: Sender<Event<S>>,
     pub(crate) stats: Arc<NetStats>,
     pub(crate) clients: Arc<AtomicUsize>,
+    /// Handshakes in progress.
+    pub(crate) handshakes: Arc<AtomicUsize>,
     pub(crate) next_conn: Arc<std::sync::atomic::AtomicU64>,
     /// The newest connection of each peer; an older one is closed when a newer one arrives.
     pub(crate) peers: Arc<Mutex<HashMap<ReplicaId, quinn::Connection>>>,
@@ -251,6 +297,7 @@ impl<S: raft_bft::state_machine::StateMachine + Send + 'static> Clone for Inboun
             events: self.events.clone(),
             stats: self.stats.clone(),
             clients: self.clients.clone(),
+            handshakes: self.handshakes.clone(),
             next_conn: self.next_conn.clone(),
             peers: self.peers.clone(),
         }
@@ -264,41 +311,78 @@ pub(crate) async fn accept_loop<S: raft_bft::state_machine::StateMachine + Send 
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let inbound = inbound.clone();
-        if inbound.clients.load(Ordering::Relaxed) >= inbound.limits.max_connections {
+        // Handshakes cost the replica a signature each: count them before they start.
+        let pending = inbound.handshakes.fetch_add(1, Ordering::Relaxed);
+        if pending >= inbound.limits.max_handshakes {
+            inbound.handshakes.fetch_sub(1, Ordering::Relaxed);
             inbound.stats.count(&inbound.stats.refused_connections);
             incoming.refuse();
             continue;
         }
+        if pending >= inbound.limits.max_handshakes / 4 && !incoming.remote_address_validated() {
+            // Under load, a stateless retry first makes a sender prove its address (a
+            // spoofed flood gets no handshake work out of the replica).
+            inbound.handshakes.fetch_sub(1, Ordering::Relaxed);
+            let _ = incoming.retry();
+            continue;
+        }
         task::spawn(async move {
-            let connecting = match incoming.accept() {
-                Ok(c) => c,
-                Err(e) => {
-                    inbound.stats.count(&inbound.stats.failed_handshakes);
-                    tracing::debug!(error = %e, "connection attempt failed");
-                    return;
-                }
-            };
-            let conn = match async_std::future::timeout(tls::HANDSHAKE_TIMEOUT, connecting).await {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
-                    inbound.stats.count(&inbound.stats.failed_handshakes);
-                    tracing::debug!(error = %e, "handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    inbound.stats.count(&inbound.stats.failed_handshakes);
-                    return;
-                }
-            };
+            let handshake = handshake(incoming, &inbound).await;
+            inbound.handshakes.fetch_sub(1, Ordering::Relaxed);
+            let Some(conn) = handshake else { return };
             match tls::alpn(&conn).as_deref() {
-                Some(tls::ALPN_REPLICA) => serve_peer(conn, inbound).await,
-                Some(tls::ALPN_CLIENT) => serve_client(conn, inbound).await,
+                Some(tls::ALPN_REPLICA) => {
+                    // A replica link carries one unidirectional stream.
+                    conn.set_max_concurrent_bi_streams(0u32.into());
+                    serve_peer(conn, inbound).await
+                }
+                Some(tls::ALPN_CLIENT) => {
+                    // Client slots are counted apart from replica links, which a flood of
+                    // clients must never crowd out.
+                    let clients = inbound.clients.fetch_add(1, Ordering::Relaxed);
+                    if clients >= inbound.limits.max_connections {
+                        inbound.clients.fetch_sub(1, Ordering::Relaxed);
+                        inbound.stats.count(&inbound.stats.refused_connections);
+                        close(&conn, close_code::BUSY, "too many client connections");
+                        return;
+                    }
+                    conn.set_max_concurrent_uni_streams(0u32.into());
+                    serve_client(conn, inbound.clone()).await;
+                    inbound.clients.fetch_sub(1, Ordering::Relaxed);
+                }
                 _ => {
                     inbound.stats.count(&inbound.stats.failed_handshakes);
                     close(&conn, close_code::PROTOCOL, "unknown protocol");
                 }
             }
         });
+    }
+}
+
+/// Completes a handshake within the time limit.
+async fn handshake<S: raft_bft::state_machine::StateMachine + Send + 'static>(
+    incoming: quinn::Incoming,
+    inbound: &Inbound<S>,
+) -> Option<quinn::Connection> {
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            inbound.stats.count(&inbound.stats.failed_handshakes);
+            tracing::debug!(error = %e, "connection attempt failed");
+            return None;
+        }
+    };
+    match async_std::future::timeout(tls::HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            inbound.stats.count(&inbound.stats.failed_handshakes);
+            tracing::debug!(error = %e, "handshake failed");
+            None
+        }
+        Err(_) => {
+            inbound.stats.count(&inbound.stats.failed_handshakes);
+            None
+        }
     }
 }
 
@@ -395,40 +479,70 @@ struct ClientConnState {
     bucket: TokenBucket,
     in_flight: HashMap<(ClientId, u64), Instant>,
     keys: HashMap<ClientId, Instant>,
+    /// Keys whose subscription on this connection verified (a repeat costs nothing).
+    subscribed: std::collections::HashSet<ClientId>,
+    /// When expired entries were last swept (at most once a second, so that a full map does
+    /// not cost a sweep per request).
+    swept: Instant,
 }
 
 impl ClientConnState {
+    fn new(limits: &Limits) -> Self {
+        ClientConnState {
+            bucket: TokenBucket::new(limits.client_rate, limits.client_burst),
+            in_flight: HashMap::new(),
+            keys: HashMap::new(),
+            subscribed: std::collections::HashSet::new(),
+            swept: Instant::now(),
+        }
+    }
+
+    /// Drops expired entries, at most once a second.
+    fn sweep(&mut self, limits: &Limits, now: Instant) {
+        if now.duration_since(self.swept) < Duration::from_secs(1) {
+            return;
+        }
+        self.swept = now;
+        let expiry = limits.in_flight_expiry;
+        self.in_flight
+            .retain(|_, t| now.duration_since(*t) < expiry);
+        self.keys.retain(|_, t| now.duration_since(*t) < expiry);
+        let keys = &self.keys;
+        self.subscribed.retain(|k| keys.contains_key(k));
+    }
+
     /// Admits a tx or says why not.
     fn admit(&mut self, limits: &Limits, client: ClientId, ts: u64) -> Result<(), Refusal> {
         let now = Instant::now();
         if !self.bucket.take(now) {
             return Err(Refusal::RateLimited);
         }
-        let expiry = limits.in_flight_expiry;
-        if self.in_flight.len() >= limits.client_in_flight {
-            self.in_flight
-                .retain(|_, t| now.duration_since(*t) < expiry);
-        }
+        self.sweep(limits, now);
         if self.in_flight.len() >= limits.client_in_flight {
             return Err(Refusal::TooManyInFlight);
         }
-        self.admit_key(limits, client)?;
+        self.admit_key(limits, client, now)?;
         self.in_flight.insert((client, ts), now);
         Ok(())
     }
 
     /// Admits one more client key on this connection (or refreshes a known one).
-    fn admit_key(&mut self, limits: &Limits, client: ClientId) -> Result<(), Refusal> {
-        let now = Instant::now();
+    fn admit_key(
+        &mut self,
+        limits: &Limits,
+        client: ClientId,
+        now: Instant,
+    ) -> Result<(), Refusal> {
         if !self.keys.contains_key(&client) && self.keys.len() >= limits.clients_per_connection {
-            let expiry = limits.in_flight_expiry;
-            self.keys.retain(|_, t| now.duration_since(*t) < expiry);
-            if self.keys.len() >= limits.clients_per_connection {
-                return Err(Refusal::TooManyClients);
-            }
+            return Err(Refusal::TooManyClients);
         }
         self.keys.insert(client, now);
         Ok(())
+    }
+
+    /// The tx is answered (or refused): its in-flight slot is free.
+    fn answered(&mut self, client: &ClientId, ts: u64) {
+        self.in_flight.remove(&(*client, ts));
     }
 }
 
@@ -437,14 +551,9 @@ async fn serve_client<S: raft_bft::state_machine::StateMachine + Send + 'static>
     conn: quinn::Connection,
     inbound: Inbound<S>,
 ) {
-    inbound.clients.fetch_add(1, Ordering::Relaxed);
     inbound.stats.count(&inbound.stats.client_connections);
     let conn_id = inbound.next_conn.fetch_add(1, Ordering::Relaxed);
-    let state = Arc::new(Mutex::new(ClientConnState {
-        bucket: TokenBucket::new(inbound.limits.client_rate, inbound.limits.client_burst),
-        in_flight: HashMap::new(),
-        keys: HashMap::new(),
-    }));
+    let state = Arc::new(Mutex::new(ClientConnState::new(&inbound.limits)));
     if let Ok((send, recv)) = conn.accept_bi().await {
         let (respond, responses) = channel::bounded(inbound.limits.send_queue);
         let writer = task::spawn(write_client(send, responses, state.clone()));
@@ -452,7 +561,6 @@ async fn serve_client<S: raft_bft::state_machine::StateMachine + Send + 'static>
         writer.cancel().await;
     }
     let _ = inbound.events.send(Event::ClientClosed(conn_id)).await;
-    inbound.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn read_client<S: raft_bft::state_machine::StateMachine + Send + 'static>(
@@ -516,19 +624,27 @@ async fn read_client<S: raft_bft::state_machine::StateMachine + Send + 'static>(
                     }
                 }
                 ClientRequest::Subscribe { client, sig } => {
-                    // Rate-limited like txs: each subscription costs a signature check.
+                    // A repeat costs nothing; a new key is rate-limited like a tx (each costs a
+                    // signature check) and counts against the connection's keys.
                     let admitted = match state.lock() {
+                        Ok(s) if s.subscribed.contains(&client) => continue,
                         Ok(mut s) => {
-                            if s.bucket.take(Instant::now()) {
-                                s.admit_key(&inbound.limits, client)
+                            let now = Instant::now();
+                            s.sweep(&inbound.limits, now);
+                            if s.bucket.take(now) {
+                                s.admit_key(&inbound.limits, client, now)
                             } else {
                                 Err(Refusal::RateLimited)
                             }
                         }
                         Err(_) => Err(Refusal::Overloaded),
                     };
-                    if admitted.is_err() {
-                        inbound.stats.count(&inbound.stats.in_flight_refused);
+                    if let Err(reason) = admitted {
+                        let counter = match reason {
+                            Refusal::RateLimited => &inbound.stats.rate_limited,
+                            _ => &inbound.stats.in_flight_refused,
+                        };
+                        inbound.stats.count(counter);
                         continue;
                     }
                     let valid = wire::subscription_digest(conn, &client)
@@ -538,6 +654,9 @@ async fn read_client<S: raft_bft::state_machine::StateMachine + Send + 'static>(
                         tracing::debug!(conn = conn_id, "bad subscription signature; closing");
                         close(conn, close_code::PROTOCOL, "bad subscription signature");
                         return;
+                    }
+                    if let Ok(mut s) = state.lock() {
+                        s.subscribed.insert(client);
                     }
                     let event = Event::Subscribe {
                         conn: conn_id,
@@ -576,9 +695,14 @@ async fn write_client(
     state: Arc<Mutex<ClientConnState>>,
 ) {
     while let Ok(response) = responses.recv().await {
-        if let ClientResponse::Reply(r) = &response {
+        let answered = match &response {
+            ClientResponse::Reply(r) => Some((r.client, r.ts)),
+            ClientResponse::Refused { client, ts, .. } => Some((*client, *ts)),
+            ClientResponse::Status { .. } => None,
+        };
+        if let Some((client, ts)) = answered {
             if let Ok(mut s) = state.lock() {
-                s.in_flight.remove(&(r.client, r.ts));
+                s.answered(&client, ts);
             }
         }
         let Ok(bytes) = raft_bft::codec::encode(&response) else {
