@@ -228,7 +228,12 @@ impl<S: StateMachine + Send + 'static> Node<S> {
         })?;
         let stats = Arc::new(NetStats::default());
         let (events_tx, events_rx) = channel::bounded(config.limits.event_queue);
-        let (verify_tx, verify_rx) = channel::bounded(config.limits.verify_queue);
+        let (verify_peers, peers_rx) = channel::bounded(config.limits.verify_queue);
+        let (verify_clients, clients_rx) = channel::bounded(config.limits.verify_queue);
+        let verify_rx = verify::Queues {
+            peers: peers_rx,
+            clients: clients_rx,
+        };
         let threads = config
             .verify_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -251,7 +256,8 @@ impl<S: StateMachine + Send + 'static> Node<S> {
             cluster: cluster.clone(),
             me: id,
             limits: config.limits.clone(),
-            verify: verify_tx,
+            verify_peers,
+            verify_clients,
             events: events_tx.clone(),
             stats: stats.clone(),
             clients: Arc::new(AtomicUsize::new(0)),

@@ -276,7 +276,10 @@ pub(crate) struct Inbound<S: raft_bft::state_machine::StateMachine + Send + 'sta
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) me: ReplicaId,
     pub(crate) limits: Limits,
-    pub(crate) verify: Sender<Input>,
+    /// Peers' messages waiting for verification.
+    pub(crate) verify_peers: Sender<Input>,
+    /// Clients' txs waiting for verification (taken after peers' messages).
+    pub(crate) verify_clients: Sender<Input>,
     pub(crate) events: Sender<Event<S>>,
     pub(crate) stats: Arc<NetStats>,
     pub(crate) clients: Arc<AtomicUsize>,
@@ -293,7 +296,8 @@ impl<S: raft_bft::state_machine::StateMachine + Send + 'static> Clone for Inboun
             cluster: self.cluster.clone(),
             me: self.me,
             limits: self.limits.clone(),
-            verify: self.verify.clone(),
+            verify_peers: self.verify_peers.clone(),
+            verify_clients: self.verify_clients.clone(),
             events: self.events.clone(),
             stats: self.stats.clone(),
             clients: self.clients.clone(),
@@ -433,7 +437,7 @@ async fn serve_peer<S: raft_bft::state_machine::StateMachine + Send + 'static>(
                     match wire::decode_replica_message(&bytes, inbound.cluster.params()) {
                         Ok(msg) => {
                             if inbound
-                                .verify
+                                .verify_peers
                                 .send(Input::Peer { from, msg })
                                 .await
                                 .is_err()
@@ -619,7 +623,7 @@ async fn read_client<S: raft_bft::state_machine::StateMachine + Send + 'static>(
                         respond: respond.clone(),
                         tx,
                     };
-                    if inbound.verify.send(input).await.is_err() {
+                    if inbound.verify_clients.send(input).await.is_err() {
                         return;
                     }
                 }

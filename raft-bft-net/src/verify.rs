@@ -1,7 +1,8 @@
 //! Signature verification off the event loop, on every core.
 //!
-//! Connection readers push decoded input into one bounded queue; worker threads take what is
-//! queued (up to a batch), verify client txs together in one batch verification and peer
+//! Connection readers push decoded input into two bounded queues, one for peers and one for
+//! clients; worker threads take what is queued (up to a batch, peers' messages first, so that a
+//! flood of client txs cannot delay the protocol's own traffic), verify client txs together in one batch verification and peer
 //! messages one by one (each message's own signatures are batched by the core's verifier), and
 //! hand the verified values to the event loop. Each worker has its own [`Verifier`] seeded from
 //! the operating system, so batch coefficients are unpredictable.
@@ -53,11 +54,49 @@ pub(crate) fn os_seed() -> Result<[u8; 32], NetError> {
     Ok(seed)
 }
 
-/// Starts `threads` workers; they stop when every sender of `input` is gone.
+/// The two input queues, as the workers see them.
+#[derive(Clone)]
+pub(crate) struct Queues {
+    pub(crate) peers: Receiver<Input>,
+    pub(crate) clients: Receiver<Input>,
+}
+
+impl Queues {
+    /// The next input (a peer's first), waiting for one; `None` once both queues closed.
+    fn next(&self) -> Option<Input> {
+        if let Ok(input) = self.peers.try_recv() {
+            return Some(input);
+        }
+        loop {
+            let either = futures_lite::future::or(self.peers.recv(), self.clients.recv());
+            match futures_lite::future::block_on(either) {
+                Ok(input) => return Some(input),
+                Err(_) if self.peers.is_closed() && self.clients.is_closed() => return None,
+                // One queue closed: wait on the other alone.
+                Err(_) if self.peers.is_closed() => return self.clients.recv_blocking().ok(),
+                Err(_) => return self.peers.recv_blocking().ok(),
+            }
+        }
+    }
+
+    /// What else is queued, up to `limit` inputs in `batch`: peers' first.
+    fn fill(&self, batch: &mut Vec<Input>, limit: usize) {
+        for queue in [&self.peers, &self.clients] {
+            while batch.len() < limit {
+                match queue.try_recv() {
+                    Ok(input) => batch.push(input),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Starts `threads` workers; they stop when every sender of both queues is gone.
 pub(crate) fn start<S: StateMachine + Send + 'static>(
     cluster: &Arc<Cluster>,
     threads: usize,
-    input: Receiver<Input>,
+    input: Queues,
     events: Sender<Event<S>>,
     stats: Arc<NetStats>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, NetError> {
@@ -75,18 +114,13 @@ pub(crate) fn start<S: StateMachine + Send + 'static>(
 
 fn worker<S: StateMachine + Send + 'static>(
     mut verifier: Verifier,
-    input: Receiver<Input>,
+    input: Queues,
     events: Sender<Event<S>>,
     stats: Arc<NetStats>,
 ) {
-    while let Ok(first) = input.recv_blocking() {
+    while let Some(first) = input.next() {
         let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match input.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        input.fill(&mut batch, BATCH);
         let mut txs = Vec::new();
         let mut routes = Vec::new();
         for item in batch {

@@ -275,8 +275,43 @@ fn unknown_keys_oversized_frames_and_garbage_close_their_connection_and_the_clus
         );
         assert!(NetStats::get(&c.node(0).stats().undecodable_frames) >= 1);
 
+        // Anyone who saw a client's signed tx can send it again on a connection of its own
+        // (a Byzantine replica sees them all). That must not take the client's replies away
+        // from it: here a replay reaches every replica but the leader, and the client still
+        // gets f + 1 replies at once, without a retry.
+        let mut replays = Vec::new();
+        let stale = raft_bft::message::SignedTx::sign(
+            &raft_bft::manifest::Cluster::new(c.manifest.clone())
+                .unwrap()
+                .cluster_id()
+                .clone(),
+            &victim,
+            1,
+            b"before-0".to_vec(),
+        );
+        let leader = c.leader().await.as_usize();
+        for r in (0..4).filter(|r| *r != leader) {
+            let conn = dial(&c.manifest, r, None).await.unwrap();
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            let bytes =
+                raft_bft::codec::encode(&raft_bft_net::wire::ClientRequest::Submit(stale.clone()))
+                    .unwrap();
+            send.write_all(&raft_bft_net::frame::frame(&bytes))
+                .await
+                .unwrap();
+            replays.push((conn, send, recv));
+        }
+        async_std::task::sleep(Duration::from_millis(300)).await;
+        let retries = client.stats().retries;
+
         // The cluster serves on.
         let last = submit_many(&mut client, "after", 5).await;
+        assert_eq!(
+            client.stats().retries,
+            retries,
+            "a replayed tx diverted the client's replies"
+        );
+        drop(replays);
         c.wait_applied(last).await;
         for node in c.nodes.into_iter().flatten() {
             node.shutdown().await.unwrap();
