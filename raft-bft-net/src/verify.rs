@@ -67,15 +67,13 @@ impl Queues {
         if let Ok(input) = self.peers.try_recv() {
             return Some(input);
         }
-        loop {
-            let either = futures_lite::future::or(self.peers.recv(), self.clients.recv());
-            match futures_lite::future::block_on(either) {
-                Ok(input) => return Some(input),
-                Err(_) if self.peers.is_closed() && self.clients.is_closed() => return None,
-                // One queue closed: wait on the other alone.
-                Err(_) if self.peers.is_closed() => return self.clients.recv_blocking().ok(),
-                Err(_) => return self.peers.recv_blocking().ok(),
-            }
+        let either = futures_lite::future::or(self.peers.recv(), self.clients.recv());
+        match futures_lite::future::block_on(either) {
+            Ok(input) => Some(input),
+            Err(_) if self.peers.is_closed() && self.clients.is_closed() => None,
+            // One queue closed: wait on the other alone.
+            Err(_) if self.peers.is_closed() => self.clients.recv_blocking().ok(),
+            Err(_) => self.peers.recv_blocking().ok(),
         }
     }
 
