@@ -22,6 +22,7 @@
 //! assert_eq!((ledger.balance(&alice), ledger.balance(&bob), ledger.supply()), (70, 30, 100));
 //! ```
 
+pub mod files;
 mod state;
 
 pub use state::{Ledger, LedgerOp, LedgerRejection, LedgerResult, MAX_SNAPSHOT_BYTES};
