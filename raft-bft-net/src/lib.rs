@@ -88,7 +88,7 @@ pub use error::{ClientError, NetError};
 pub use limits::Limits;
 pub use node::{Node, NodeConfig, StartMode};
 pub use stats::NetStats;
-pub use transport::close_code;
+pub use transport::{close_code, Rewrite};
 
 /// A UDP port on 127.0.0.1 that was free a moment ago (for tests and local clusters).
 pub fn free_udp_port() -> std::io::Result<u16> {

@@ -50,7 +50,7 @@ pub enum StartMode {
 }
 
 /// Everything a node needs to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// The cluster's manifest (every replica must use the same one).
     pub manifest: Manifest,
@@ -71,6 +71,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Signature verification threads; defaults to the number of cores.
     pub verify_threads: Option<usize>,
+    /// Makes this replica Byzantine: every message it sends passes through this rewrite
+    /// first. Only for tests and demonstrations of the faults the protocol tolerates.
+    pub byzantine: Option<crate::transport::Rewrite>,
 }
 
 impl NodeConfig {
@@ -91,7 +94,21 @@ impl NodeConfig {
             start: StartMode::default(),
             limits: Limits::default(),
             verify_threads: None,
+            byzantine: None,
         }
+    }
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("start", &self.start)
+            .field("limits", &self.limits)
+            .field("byzantine", &self.byzantine.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -251,7 +268,11 @@ impl<S: StateMachine + Send + 'static> Node<S> {
             &identity,
             &config.limits,
             stats.clone(),
+            config.byzantine.clone(),
         )?;
+        if config.byzantine.is_some() {
+            tracing::warn!(replica = %id, "this replica rewrites what it sends: it is Byzantine");
+        }
         let inbound = Inbound {
             cluster: cluster.clone(),
             me: id,

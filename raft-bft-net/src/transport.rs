@@ -116,6 +116,21 @@ impl Backoff {
 /// An encoded, framed message, shared by the queues of every peer it goes to.
 type Frame = Arc<Vec<u8>>;
 
+fn encode(msg: &ReplicaMessage) -> Option<Frame> {
+    match raft_bft::codec::encode(msg) {
+        Ok(bytes) => Some(Arc::new(frame::frame(&bytes))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a protocol message");
+            None
+        }
+    }
+}
+
+/// Rewrites (or, returning `None`, drops) each message a replica sends, per destination. It
+/// makes a replica Byzantine, for tests and demonstrations of what the protocol tolerates; a
+/// correct replica never has one. See [`crate::NodeConfig::byzantine`].
+pub type Rewrite = Arc<dyn Fn(ReplicaId, ReplicaMessage) -> Option<ReplicaMessage> + Send + Sync>;
+
 /// The outgoing side: one queue and one sending task per peer.
 pub(crate) struct PeerLinks {
     me: ReplicaId,
@@ -123,6 +138,7 @@ pub(crate) struct PeerLinks {
     queues: Vec<Option<(Sender<Frame>, Receiver<Frame>)>>,
     tasks: Vec<task::JoinHandle<()>>,
     stats: Arc<NetStats>,
+    rewrite: Option<Rewrite>,
 }
 
 impl PeerLinks {
@@ -133,6 +149,7 @@ impl PeerLinks {
         identity: &tls::TlsIdentity,
         limits: &Limits,
         stats: Arc<NetStats>,
+        rewrite: Option<Rewrite>,
     ) -> Result<Self, crate::NetError> {
         let mut queues = Vec::new();
         let mut tasks = Vec::new();
@@ -157,18 +174,13 @@ impl PeerLinks {
             queues,
             tasks,
             stats,
+            rewrite,
         })
     }
 
     /// Queues `msg` for `to` (`None`: every peer). Encodes it once.
     pub(crate) fn send(&self, to: Option<ReplicaId>, msg: &ReplicaMessage) {
-        let bytes = match raft_bft::codec::encode(msg) {
-            Ok(bytes) => Arc::new(frame::frame(&bytes)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a protocol message");
-                return;
-            }
-        };
+        let Some(bytes) = encode(msg) else { return };
         for (i, queue) in self.queues.iter().enumerate() {
             let Some((queue, oldest)) = queue else {
                 continue;
@@ -176,7 +188,17 @@ impl PeerLinks {
             if to.is_some_and(|t| t.as_usize() != i) {
                 continue;
             }
-            if let Err(TrySendError::Full(frame)) = queue.try_send(bytes.clone()) {
+            let bytes = match &self.rewrite {
+                // A Byzantine stand-in (tests and demos only): each peer gets its own version.
+                Some(rewrite) => {
+                    match rewrite(ReplicaId(i as u32), msg.clone()).and_then(|m| encode(&m)) {
+                        Some(b) => b,
+                        None => continue,
+                    }
+                }
+                None => bytes.clone(),
+            };
+            if let Err(TrySendError::Full(frame)) = queue.try_send(bytes) {
                 // A full queue holds what a slow or absent peer did not take: drop the oldest
                 // frame, not the newest (the protocol retransmits what still matters).
                 self.stats.count(&self.stats.dropped_frames);

@@ -318,3 +318,62 @@ fn unknown_keys_oversized_frames_and_garbage_close_their_connection_and_the_clus
         }
     });
 }
+
+/// A Byzantine stand-in: the replica forges every signature it sends (its proposals' and its
+/// votes'), as one that tries to pass off votes it never cast.
+fn forged_signatures() -> raft_bft_net::Rewrite {
+    std::sync::Arc::new(|_to, msg| {
+        use raft_bft::message::ReplicaMessage;
+        Some(match msg {
+            ReplicaMessage::Vote(mut v) => {
+                v.sig.0[0] ^= 1;
+                ReplicaMessage::Vote(v)
+            }
+            ReplicaMessage::PreAppend(mut p) => {
+                p.leader_sig.0[0] ^= 1;
+                ReplicaMessage::PreAppend(p)
+            }
+            other => other,
+        })
+    })
+}
+
+#[test]
+fn a_leader_that_forges_signatures_is_replaced_and_the_cluster_goes_on() {
+    block_on(async {
+        let (manifest, keys, sockets) = local_manifest("forger", 4, test_params()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..4 {
+            let mut config = NodeConfig::new(
+                manifest.clone(),
+                ReplicaId(i as u32),
+                keys[i].clone(),
+                dir.path().join(i.to_string()),
+            );
+            config.socket = Some(sockets[i].clone());
+            if i == 0 {
+                // Replica 0 leads term 0.
+                config.byzantine = Some(forged_signatures());
+            }
+            nodes.push(Node::start(config, OpCounter::default()).await.unwrap());
+        }
+        let mut client = Client::connect(
+            manifest,
+            KeyPair::from_seed([202; 32]),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        submit_many(&mut client, "forged", 10).await;
+        let status = nodes[1].status().await.unwrap();
+        assert_ne!(
+            status.leader,
+            ReplicaId(0),
+            "the forging leader still leads"
+        );
+        assert!(NetStats::get(&nodes[1].stats().invalid_peer_messages) >= 1);
+        for node in nodes {
+            node.shutdown().await.unwrap();
+        }
+    });
+}
