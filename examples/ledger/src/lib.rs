@@ -14,7 +14,7 @@
 //! let mut ledger = Ledger::new(vec![admin]);
 //! ledger.execute(&admin, &LedgerOp::Mint { to: alice, amount: 100 });
 //! let moved = ledger.execute(&alice, &LedgerOp::Transfer { to: bob, amount: 30 });
-//! assert_eq!(moved, LedgerResult::Transferred { from_balance: 70, to_balance: 30 });
+//! assert_eq!(moved, LedgerResult::Transferred { from_balance: 70, sent: 1, to_balance: 30 });
 //! assert!(matches!(
 //!     ledger.execute(&bob, &LedgerOp::Transfer { to: alice, amount: 31 }),
 //!     LedgerResult::Rejected(_)

@@ -269,6 +269,7 @@ fn describe(result: &LedgerResult) -> String {
         LedgerResult::Transferred {
             from_balance,
             to_balance,
+            ..
         } => format!("transferred: sender balance {from_balance}, recipient balance {to_balance}"),
         LedgerResult::Balance { balance } => format!("balance {balance}"),
         LedgerResult::Rejected(why) => format!("rejected: {why}"),

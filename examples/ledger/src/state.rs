@@ -58,6 +58,8 @@ pub enum LedgerResult {
     Transferred {
         /// The signer's new balance.
         from_balance: u64,
+        /// How many transfers the signer's account has sent, this one included.
+        sent: u64,
         /// The credited account's new balance.
         to_balance: u64,
     },
@@ -110,6 +112,9 @@ pub enum LedgerRejection {
     SelfTransfer,
 }
 
+const BALANCE: &str = "raft-bft ledger v1 balance leaf";
+const SENT: &str = "raft-bft ledger v1 sent-count leaf";
+
 /// Most bytes a ledger snapshot is decoded from (a peer may send anything).
 pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 
@@ -118,6 +123,9 @@ pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 pub struct Ledger {
     admins: Vec<PublicKey>,
     balances: BTreeMap<PublicKey, u64>,
+    /// How many transfers each account sent: a client can check that each of its transfers
+    /// was applied exactly once.
+    sent: BTreeMap<PublicKey, u64>,
     supply: u64,
     /// The wrapping sum of every account's leaf hash: updated per change, so the digest costs
     /// O(1) per executed entry.
@@ -127,12 +135,13 @@ pub struct Ledger {
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     balances: Vec<(PublicKey, u64)>,
+    sent: Vec<(PublicKey, u64)>,
 }
 
-fn leaf(account: &PublicKey, balance: u64) -> [u64; 4] {
-    let mut h = blake3::Hasher::new_derive_key("raft-bft ledger v1 account leaf");
+fn leaf(context: &str, account: &PublicKey, value: u64) -> [u64; 4] {
+    let mut h = blake3::Hasher::new_derive_key(context);
     h.update(&account.0);
-    h.update(&balance.to_le_bytes());
+    h.update(&value.to_le_bytes());
     let bytes = h.finalize();
     let mut out = [0u64; 4];
     for (i, chunk) in bytes.as_bytes().chunks_exact(8).enumerate() {
@@ -167,13 +176,30 @@ impl Ledger {
         &self.balances
     }
 
-    fn set(&mut self, account: PublicKey, balance: u64) {
-        let old = self.balance(&account);
-        let (remove, add) = (leaf(&account, old), leaf(&account, balance));
+    /// How many transfers `account` has sent.
+    pub fn sent(&self, account: &PublicKey) -> u64 {
+        self.sent.get(account).copied().unwrap_or(0)
+    }
+
+    fn update_leaves(&mut self, remove: [u64; 4], add: [u64; 4]) {
         for i in 0..4 {
             self.leaves[i] = self.leaves[i].wrapping_sub(remove[i]).wrapping_add(add[i]);
         }
+    }
+
+    fn set(&mut self, account: PublicKey, balance: u64) {
+        let old = self.balance(&account);
+        self.update_leaves(
+            leaf(BALANCE, &account, old),
+            leaf(BALANCE, &account, balance),
+        );
         self.balances.insert(account, balance);
+    }
+
+    fn set_sent(&mut self, account: PublicKey, sent: u64) {
+        let old = self.sent(&account);
+        self.update_leaves(leaf(SENT, &account, old), leaf(SENT, &account, sent));
+        self.sent.insert(account, sent);
     }
 
     /// Applies `op` signed by `signer`; a refused op changes nothing.
@@ -231,10 +257,16 @@ impl Ledger {
                     .balance(&to)
                     .checked_add(amount)
                     .ok_or(LedgerRejection::Overflow)?;
+                let sent = self
+                    .sent(signer)
+                    .checked_add(1)
+                    .ok_or(LedgerRejection::Overflow)?;
                 self.set(*signer, remaining);
                 self.set(to, to_balance);
+                self.set_sent(*signer, sent);
                 Ok(LedgerResult::Transferred {
                     from_balance: remaining,
+                    sent,
                     to_balance,
                 })
             }
@@ -279,6 +311,7 @@ impl StateMachine for Ledger {
     fn snapshot(&self) -> Vec<u8> {
         let snapshot = Snapshot {
             balances: self.balances.iter().map(|(k, v)| (*k, *v)).collect(),
+            sent: self.sent.iter().map(|(k, v)| (*k, *v)).collect(),
         };
         codec::encode(&snapshot).unwrap_or_default()
     }
@@ -296,6 +329,12 @@ impl StateMachine for Ledger {
                 .checked_add(balance)
                 .ok_or("ledger snapshot: the supply overflows")?;
             restored.set(account, balance);
+        }
+        for (account, sent) in snapshot.sent {
+            if restored.sent.contains_key(&account) {
+                return Err("ledger snapshot: an account's count appears twice".into());
+            }
+            restored.set_sent(account, sent);
         }
         *self = restored;
         Ok(())
@@ -393,11 +432,13 @@ mod tests {
         }
         let dup = codec::encode(&Snapshot {
             balances: vec![(key(1), 1), (key(1), 2)],
+            sent: vec![],
         })
         .unwrap();
         assert!(l.restore(&dup).is_err());
         let overflow = codec::encode(&Snapshot {
             balances: vec![(key(1), u64::MAX), (key(2), 1)],
+            sent: vec![],
         })
         .unwrap();
         assert!(l.restore(&overflow).is_err());
@@ -413,15 +454,19 @@ mod tests {
             let admin = key(0);
             let mut l = Ledger::new(vec![admin]);
             let mut minted = 0u64;
+            let mut transfers = 0u64;
             for (signer, kind, to, amount) in ops {
                 let op = match kind {
                     0 => LedgerOp::Mint { to: key(to), amount },
                     1 => LedgerOp::Transfer { to: key(to), amount },
                     _ => LedgerOp::Balance { account: key(to) },
                 };
-                if let LedgerResult::Minted { .. } = l.execute(&key(signer), &op) {
-                    minted += amount;
+                match l.execute(&key(signer), &op) {
+                    LedgerResult::Minted { .. } => minted += amount,
+                    LedgerResult::Transferred { .. } => transfers += 1,
+                    _ => {}
                 }
+                prop_assert_eq!((0..4).map(|k| l.sent(&key(k))).sum::<u64>(), transfers);
                 prop_assert_eq!(l.balances().values().sum::<u64>(), l.supply());
                 prop_assert_eq!(l.supply(), minted);
             }
