@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use raft_bft::state_machine::StateMachine;
+
+mod demo;
 use ledger::files::{self, hex, parse_key};
 use ledger::{Ledger, LedgerOp, LedgerResult};
 use raft_bft::crypto::KeyPair;
@@ -41,6 +44,25 @@ enum Command {
         /// Stop gracefully when standard input closes (for supervisors that pipe it).
         #[arg(long)]
         stop_on_stdin_close: bool,
+        /// After a graceful stop, write the ledger's state (a snapshot) to this file.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Demo only: this replica forges the signatures it sends (it is Byzantine).
+        #[arg(long, hide = true)]
+        demo_forge_signatures: bool,
+    },
+    /// Runs a local 4-replica cluster under load, with a crash and a Byzantine replica, and
+    /// checks the result.
+    Demo {
+        /// Transfers to run in all (half before, half after a replica turns Byzantine).
+        #[arg(long, default_value_t = 20_000)]
+        txs: u64,
+        /// Concurrent clients (each its own account).
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Keep the cluster's directory (manifest, keys, data, logs) afterwards.
+        #[arg(long)]
+        keep: bool,
     },
     /// Mints money into an account (needs an admin key of the manifest).
     Mint {
@@ -171,7 +193,10 @@ fn run(command: Command) -> Result<(), String> {
         Command::Node {
             config,
             stop_on_stdin_close,
-        } => run_node(&config, stop_on_stdin_close),
+            dump,
+            demo_forge_signatures,
+        } => run_node(&config, stop_on_stdin_close, dump, demo_forge_signatures),
+        Command::Demo { txs, clients, keep } => demo::run(txs, clients, keep),
         Command::Mint {
             cluster,
             key,
@@ -318,12 +343,20 @@ fn status(args: &ClusterArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_node(config: &std::path::Path, stop_on_stdin_close: bool) -> Result<(), String> {
+fn run_node(
+    config: &std::path::Path,
+    stop_on_stdin_close: bool,
+    dump: Option<PathBuf>,
+    forge: bool,
+) -> Result<(), String> {
     let node = files::read_node(config).map_err(|e| e.to_string())?;
     let manifest = files::read_manifest(&node.manifest).map_err(|e| e.to_string())?;
     let key = files::read_key(&node.key).map_err(|e| e.to_string())?;
     let ledger = Ledger::new(manifest.admin_keys.clone());
-    let config = NodeConfig::new(manifest, ReplicaId(node.id), key, &node.data);
+    let mut config = NodeConfig::new(manifest, ReplicaId(node.id), key, &node.data);
+    if forge {
+        config.byzantine = Some(demo::forged_signatures());
+    }
     async_std::task::block_on(async {
         let node = Node::start(config, ledger)
             .await
@@ -341,6 +374,14 @@ fn run_node(config: &std::path::Path, stop_on_stdin_close: bool) -> Result<(), S
             let _ = tx.send_blocking(());
         });
         let _ = rx.recv().await;
-        node.shutdown().await.map_err(|e| e.to_string())
+        let state = node
+            .inspect(|r| r.app().snapshot())
+            .await
+            .map_err(|e| e.to_string())?;
+        node.shutdown().await.map_err(|e| e.to_string())?;
+        if let Some(path) = dump {
+            std::fs::write(&path, state).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(())
     })
 }
