@@ -1,7 +1,7 @@
 //! A ledger on raft-bft: accounts keyed by ed25519 public keys, minted by admin keys and
 //! moved by their owners, with balances that every correct replica agrees on.
 //!
-//! The ledger is a [`StateMachine`]; the protocol authenticates every op (a tx is signed by
+//! The ledger is a [`StateMachine`](raft_bft::state_machine::StateMachine); the protocol authenticates every op (a tx is signed by
 //! its client key), so a transfer's owner is simply the key that signed it.
 //!
 //! ```
