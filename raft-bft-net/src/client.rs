@@ -57,7 +57,7 @@ impl Default for ClientOptions {
 /// What a waiting client is told.
 enum Delivery {
     Reply(Reply),
-    Refused(u64, Refusal),
+    Refused(ReplicaId, u64, Refusal),
 }
 
 struct Shared {
@@ -242,7 +242,7 @@ impl Shared {
         }
     }
 
-    fn deliver(&self, response: ClientResponse) {
+    fn deliver(&self, from: ReplicaId, response: ClientResponse) {
         match response {
             ClientResponse::Reply(reply) => {
                 let waiter = self
@@ -261,7 +261,7 @@ impl Shared {
                     .ok()
                     .and_then(|w| w.get(&client).cloned());
                 if let Some(w) = waiter {
-                    let _ = w.try_send(Delivery::Refused(ts, reason));
+                    let _ = w.try_send(Delivery::Refused(from, ts, reason));
                 }
             }
             ClientResponse::Status { id, report } => {
@@ -344,8 +344,9 @@ impl Link {
             // ended), so that the writer below notices and reconnects even when idle.
             let reader_conn = conn.clone();
             let shared = self.shared.clone();
+            let replica = self.replica;
             let reader = task::spawn(async move {
-                read_responses(recv, shared).await;
+                read_responses(recv, shared, replica).await;
                 reader_conn.close(0u32.into(), b"response stream ended");
             });
             loop {
@@ -381,7 +382,11 @@ impl Link {
     }
 }
 
-async fn read_responses(mut recv: quinn::RecvStream, shared: std::sync::Weak<Shared>) {
+async fn read_responses(
+    mut recv: quinn::RecvStream,
+    shared: std::sync::Weak<Shared>,
+    from: ReplicaId,
+) {
     let Some(params) = shared.upgrade().map(|s| s.cluster.params().clone()) else {
         return;
     };
@@ -393,7 +398,7 @@ async fn read_responses(mut recv: quinn::RecvStream, shared: std::sync::Weak<Sha
         };
         for bytes in frames.drain(..) {
             match wire::decode_client_response(&bytes, &params) {
-                Ok(response) => shared.deliver(response),
+                Ok(response) => shared.deliver(from, response),
                 Err(e) => {
                     tracing::warn!(error = %e, "undecodable response from a replica");
                     return;
@@ -481,6 +486,41 @@ impl Client {
             .core
             .submit(start, op)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.wait(start, sends).await
+    }
+
+    /// Sends a tx this client signed earlier once more (see
+    /// [`raft_bft::client::Client::resubmit`]): the replicas never execute it twice.
+    pub async fn resubmit(
+        &mut self,
+        tx: raft_bft::message::SignedTx,
+    ) -> Result<Committed, ClientError> {
+        let shared = self.connections.shared.clone();
+        self.core.abandon();
+        let start = shared.clock.now();
+        let sends = self
+            .core
+            .resubmit(start, tx)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.wait(start, sends).await
+    }
+
+    /// Signs `op` as this client's next tx without sending it (to keep, and resubmit later).
+    pub fn sign(&mut self, op: Vec<u8>) -> Result<raft_bft::message::SignedTx, ClientError> {
+        let now = self.connections.shared.clock.now();
+        self.core
+            .sign_next(now, op)
+            .map_err(|e| ClientError::Invalid(e.to_string()))
+    }
+
+    /// Sends `sends` and waits for the outstanding tx's outcome.
+    async fn wait(
+        &mut self,
+        start: raft_bft::types::Time,
+        sends: Vec<ClientSend>,
+    ) -> Result<Committed, ClientError> {
+        let shared = self.connections.shared.clone();
+        let mut invalid = std::collections::BTreeSet::new();
         let ts = self.core.outstanding().map_or(0, |t| t.ts);
         shared.transmit(sends);
         let deadline = start.after(shared.options.timeout);
@@ -521,9 +561,20 @@ impl Client {
                         };
                     }
                 }
-                Ok(Ok(Delivery::Refused(refused_ts, reason))) => {
-                    // Unsigned: a hint only. The retry timer resends.
+                Ok(Ok(Delivery::Refused(replica, refused_ts, reason))) => {
+                    // Unsigned: a hint only; the retry timer resends. But whether a signature
+                    // verifies is the same for every correct replica: f + 1 replicas finding
+                    // it invalid include a correct one, so the tx can never execute.
                     self.refusals += 1;
+                    if reason == Refusal::Invalid && refused_ts == ts {
+                        invalid.insert(replica);
+                        if invalid.len() > shared.cluster.f() {
+                            self.core.abandon();
+                            return Err(ClientError::Invalid(
+                                "f + 1 replicas found the tx's signature or size invalid".into(),
+                            ));
+                        }
+                    }
                     tracing::debug!(
                         ts = refused_ts,
                         ?reason,

@@ -116,6 +116,9 @@ pub enum ClientError {
     /// The configuration cannot work.
     #[error("invalid client config: {0}")]
     InvalidConfig(&'static str),
+    /// [`Client::resubmit`] was given a tx of another client.
+    #[error("the tx belongs to another client key")]
+    ForeignTx,
 }
 
 /// Where a [`ClientSend`] goes.
@@ -275,6 +278,54 @@ impl Client {
             .max(now.0);
         self.last_ts = ts;
         let tx = SignedTx::sign(self.cluster.cluster_id(), &self.key, ts, op);
+        self.pending = Some(Pending {
+            tx: tx.clone(),
+            submitted_at: now,
+            last_send: now,
+            timeout: self.config.retry_timeout,
+            retries: 0,
+            votes: BTreeMap::new(),
+        });
+        self.stats.submitted += 1;
+        Ok(vec![ClientSend {
+            to: Destination::Replica(self.believed_leader),
+            tx,
+        }])
+    }
+
+    /// Signs `op` as this client's next tx without sending it (to keep, and
+    /// [`Client::resubmit`] later); later txs get larger timestamps.
+    pub fn sign_next(&mut self, now: Time, op: Vec<u8>) -> Result<SignedTx, ClientError> {
+        let limit = self.cluster.params().max_op_bytes;
+        if op.len() > limit as usize {
+            return Err(ClientError::OpTooLarge {
+                size: op.len(),
+                limit,
+            });
+        }
+        let ts = self
+            .last_ts
+            .checked_add(1)
+            .ok_or(ClientError::TsExhausted)?
+            .max(now.0);
+        self.last_ts = ts;
+        Ok(SignedTx::sign(self.cluster.cluster_id(), &self.key, ts, op))
+    }
+
+    /// Sends a tx this client signed earlier (one saved, say) once more, and waits for its
+    /// outcome like a new one's. Replicas never execute a `(client, ts)` twice: a tx already
+    /// executed gets its cached reply again, or, if the client executed a later one since, a
+    /// final [`Rejection::Stale`]. A tx of another client is refused.
+    pub fn resubmit(&mut self, now: Time, tx: SignedTx) -> Result<Vec<ClientSend>, ClientError> {
+        if let Some(p) = &self.pending {
+            return Err(ClientError::Busy {
+                outstanding_ts: p.tx.ts,
+            });
+        }
+        if tx.client != self.key.public() {
+            return Err(ClientError::ForeignTx);
+        }
+        self.last_ts = self.last_ts.max(tx.ts);
         self.pending = Some(Pending {
             tx: tx.clone(),
             submitted_at: now,
@@ -527,6 +578,35 @@ mod tests {
         let sends = c.submit(Time(now), b"op".to_vec()).unwrap();
         assert_eq!(sends.len(), 1);
         sends[0].tx.clone()
+    }
+
+    #[test]
+    fn a_saved_tx_is_resubmitted_as_signed_and_only_its_owner_may_resubmit_it() {
+        let n = net(4);
+        let mut c = n.client(1);
+        let tx = c.sign_next(Time(5 * SEC), b"op".to_vec()).unwrap();
+        assert_eq!(tx.ts, 5 * SEC);
+        assert!(c.outstanding().is_none(), "signing alone sends nothing");
+        let sends = c.resubmit(Time(6 * SEC), tx.clone()).unwrap();
+        assert_eq!(sends.len(), 1);
+        assert_eq!(sends[0].tx, tx, "the saved tx goes out unchanged");
+        let accepted = [0u32, 1]
+            .into_iter()
+            .filter_map(|r| {
+                let reply = n.reply(r, c.public_key(), tx.ts, &executed(3, b"done"));
+                c.on_reply(Time(7 * SEC), reply)
+            })
+            .last()
+            .expect("f + 1 matching replies accept it");
+        assert_eq!(accepted.ts, tx.ts);
+        // The next tx gets a larger timestamp than the saved one.
+        assert!(c.sign_next(Time(SEC), b"next".to_vec()).unwrap().ts > tx.ts);
+        // Another client's tx is refused.
+        let mut other = n.client(2);
+        assert_eq!(
+            other.resubmit(Time(8 * SEC), tx),
+            Err(ClientError::ForeignTx)
+        );
     }
 
     #[test]

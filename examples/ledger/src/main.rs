@@ -91,6 +91,20 @@ enum Command {
         /// How much.
         #[arg(long)]
         amount: u64,
+        /// Also save the signed tx in this file (`ledger resend` sends it again).
+        #[arg(long)]
+        save_tx: Option<PathBuf>,
+    },
+    /// Sends a saved signed tx again (replicas never execute a tx twice).
+    Resend {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The key that signed it.
+        #[arg(long)]
+        key: PathBuf,
+        /// The saved tx (from `transfer --save-tx`).
+        #[arg(long)]
+        tx: PathBuf,
     },
     /// Reads an account's balance (as f + 1 replicas agree).
     Balance {
@@ -211,15 +225,34 @@ fn run(command: Command) -> Result<(), String> {
             key,
             to,
             amount,
+            save_tx,
         } => {
             let to = parse_key(&to)?;
-            submit(&cluster, &key, LedgerOp::Transfer { to, amount })
+            let op = LedgerOp::Transfer { to, amount };
+            let key = files::read_key(&key).map_err(|e| e.to_string())?;
+            let what = match save_tx {
+                Some(path) => Outgoing::SignAndSave(op, path),
+                None => Outgoing::Op(op),
+            };
+            execute(&cluster, read_manifest(&cluster)?, key, what)
+        }
+        Command::Resend { cluster, key, tx } => {
+            let key = files::read_key(&key).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(&tx).map_err(|e| format!("{}: {e}", tx.display()))?;
+            let tx = raft_bft::codec::decode(&bytes, 1 << 20)
+                .map_err(|e| format!("{}: not a saved tx: {e}", tx.display()))?;
+            execute(&cluster, read_manifest(&cluster)?, key, Outgoing::Saved(tx))
         }
         Command::Balance { cluster, account } => {
             let account = parse_key(&account)?;
             let key = files::random_key()?;
             let manifest = read_manifest(&cluster)?;
-            execute(&cluster, manifest, key, LedgerOp::Balance { account })
+            execute(
+                &cluster,
+                manifest,
+                key,
+                Outgoing::Op(LedgerOp::Balance { account }),
+            )
         }
         Command::Status { cluster } => status(&cluster),
     }
@@ -232,22 +265,42 @@ fn read_manifest(args: &ClusterArgs) -> Result<Manifest, String> {
 fn submit(args: &ClusterArgs, key: &std::path::Path, op: LedgerOp) -> Result<(), String> {
     let key = files::read_key(key).map_err(|e| e.to_string())?;
     let manifest = read_manifest(args)?;
-    execute(args, manifest, key, op)
+    execute(args, manifest, key, Outgoing::Op(op))
 }
 
-/// Submits `op` signed by `key` and prints the result `f + 1` replicas agree on.
+/// What to send: a new op, one to sign and save first, or a signed tx saved earlier.
+enum Outgoing {
+    Op(LedgerOp),
+    SignAndSave(LedgerOp, PathBuf),
+    Saved(raft_bft::message::SignedTx),
+}
+
+/// Sends `what` as the client `key` and prints the result `f + 1` replicas agree on.
 fn execute(
     args: &ClusterArgs,
     manifest: Manifest,
     key: KeyPair,
-    op: LedgerOp,
+    what: Outgoing,
 ) -> Result<(), String> {
     let options = ClientOptions {
         timeout: Duration::from_secs(args.timeout),
         ..ClientOptions::default()
     };
     let mut client = Client::connect(manifest, key, options).map_err(|e| e.to_string())?;
-    let committed = async_std::task::block_on(client.submit(op.encode()));
+    let committed = async_std::task::block_on(async {
+        match what {
+            Outgoing::Op(op) => client.submit(op.encode()).await,
+            Outgoing::SignAndSave(op, path) => {
+                let tx = client.sign(op.encode())?;
+                let bytes = raft_bft::codec::encode(&tx)
+                    .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                std::fs::write(&path, bytes)
+                    .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?;
+                client.resubmit(tx).await
+            }
+            Outgoing::Saved(tx) => client.resubmit(tx).await,
+        }
+    });
     match committed {
         Ok(c) => match LedgerResult::decode(&c.result) {
             Ok(LedgerResult::Rejected(why)) => Err(format!("rejected: {why}")),

@@ -96,7 +96,7 @@ fn refused(out: &Output) -> String {
 }
 
 #[test]
-fn mint_transfer_and_balance_through_the_cli_with_refusals_explained() {
+fn transfers_refusals_replays_and_forged_signatures_through_the_cli() {
     let c = LocalCluster::start();
     let (alice_key, alice) = c.keygen("alice.key");
     let (bob_key, bob) = c.keygen("bob.key");
@@ -157,6 +157,47 @@ fn mint_transfer_and_balance_through_the_cli_with_refusals_explained() {
     assert!(out.starts_with("balance 70"), "{out}");
     let out = ok(&c.run(&["balance", "--account", &bob]));
     assert!(out.starts_with("balance 30"), "{out}");
+
+    // A saved tx sent again is not applied twice: the replicas answer with the same result.
+    let saved = c.path("transfer.tx");
+    let first = ok(&c.run(&[
+        "transfer",
+        "--to",
+        &bob,
+        "--amount",
+        "10",
+        "--key",
+        &key(&alice_key),
+        "--save-tx",
+        &key(&saved),
+    ]));
+    assert!(
+        first.starts_with("transferred: sender balance 60, recipient balance 40"),
+        "{first}"
+    );
+    let again = ok(&c.run(&["resend", "--key", &key(&alice_key), "--tx", &key(&saved)]));
+    let upto_replicas = |s: &str| s.split(", replicas").next().unwrap_or_default().to_string();
+    assert_eq!(
+        upto_replicas(&again),
+        upto_replicas(&first),
+        "the replay got another result"
+    );
+    let out = ok(&c.run(&["balance", "--account", &alice]));
+    assert!(
+        out.starts_with("balance 60"),
+        "the replay moved money again: {out}"
+    );
+
+    // The same tx with its signature altered is refused as invalid.
+    let mut bytes = std::fs::read(&saved).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let forged = c.path("forged.tx");
+    std::fs::write(&forged, bytes).unwrap();
+    let why = refused(&c.run(&["resend", "--key", &key(&alice_key), "--tx", &key(&forged)]));
+    assert!(why.contains("signature or size invalid"), "{why}");
+    let out = ok(&c.run(&["balance", "--account", &bob]));
+    assert!(out.starts_with("balance 40"), "{out}");
 
     let out = ok(&c.run(&["status"]));
     assert_eq!(
