@@ -119,7 +119,7 @@ struct Seen {
 pub fn run(txs: u64, clients: usize, keep: bool) -> Result<(), String> {
     let tmp = std::env::temp_dir().join(format!("ledger-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let manifest = files::init_cluster(&tmp, N, "127.0.0.1", 0, Default::default())
+    let manifest = files::init_cluster(&tmp, N, &["127.0.0.1".to_string()], 0, Default::default())
         .map_err(|e| e.to_string())?;
     println!("demo: a 4-replica cluster in {}", tmp.display());
     let mut replicas = Replicas {

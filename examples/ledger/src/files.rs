@@ -168,6 +168,9 @@ pub struct NodeFile {
     pub key: PathBuf,
     /// Its data directory.
     pub data: PathBuf,
+    /// The address to bind, when it differs from the manifest's (`0.0.0.0:7000` behind NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// Writes a node configuration.
@@ -189,20 +192,31 @@ pub fn read_node(path: &Path) -> Result<NodeFile, FileError> {
     Ok(node)
 }
 
-/// What `cluster init` writes into `dir` for `n` replicas on `host`, ports from `base_port`
+/// What `cluster init` writes into `dir` for `n` replicas on `hosts` (one for all, or one per
+/// replica), ports from `base_port`
 /// (0: free ports chosen now): the manifest, one key and one node file per replica, and the
 /// admin key. Returns the manifest.
 pub fn init_cluster(
     dir: &Path,
     n: usize,
-    host: &str,
+    hosts: &[String],
     base_port: u16,
     params: Params,
 ) -> Result<Manifest, FileError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let admin = random_key().map_err(|why| invalid(dir, why))?;
     let mut replicas = Vec::new();
+    if hosts.len() != 1 && hosts.len() != n {
+        return Err(invalid(
+            dir,
+            format!(
+                "{} hosts for {n} replicas: give one, or one per replica",
+                hosts.len()
+            ),
+        ));
+    }
     for i in 0..n {
+        let host = hosts.get(i).unwrap_or(&hosts[0]).as_str();
         let key = random_key().map_err(|why| invalid(dir, why))?;
         let port = if base_port == 0 {
             std::net::UdpSocket::bind((host, 0))
@@ -220,6 +234,7 @@ pub fn init_cluster(
                 id: i as u32,
                 key: PathBuf::from(format!("replica-{i}.key")),
                 data: PathBuf::from(format!("data-{i}")),
+                listen: None,
             },
         )?;
         replicas.push((key.public(), format!("{host}:{port}")));

@@ -131,9 +131,10 @@ enum ClusterCommand {
         /// Where to write the files.
         #[arg(long)]
         dir: PathBuf,
-        /// The replicas' host.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
+        /// The replicas' hosts: one for all (a local cluster), or one per replica, comma
+        /// separated (a cluster across machines: copy each node's files to its machine).
+        #[arg(long, default_value = "127.0.0.1", value_delimiter = ',')]
+        hosts: Vec<String>,
         /// The first replica's UDP port (the others follow); 0 picks free ports.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
@@ -180,7 +181,7 @@ fn run(command: Command) -> Result<(), String> {
                 ClusterCommand::Init {
                     replicas,
                     dir,
-                    host,
+                    hosts,
                     base_port,
                 },
         } => {
@@ -190,7 +191,7 @@ fn run(command: Command) -> Result<(), String> {
                 ));
             }
             let manifest =
-                files::init_cluster(&dir, replicas, &host, base_port, Default::default())
+                files::init_cluster(&dir, replicas, &hosts, base_port, Default::default())
                     .map_err(|e| e.to_string())?;
             println!("cluster {} in {}:", manifest.name, dir.display());
             for r in &manifest.replicas {
@@ -407,6 +408,13 @@ fn run_node(
     let key = files::read_key(&node.key).map_err(|e| e.to_string())?;
     let ledger = Ledger::new(manifest.admin_keys.clone());
     let mut config = NodeConfig::new(manifest, ReplicaId(node.id), key, &node.data);
+    if let Some(listen) = &node.listen {
+        config.listen = Some(
+            listen
+                .parse()
+                .map_err(|e| format!("listen address {listen:?}: {e}"))?,
+        );
+    }
     if forge {
         config.byzantine = Some(demo::forged_signatures());
     }
