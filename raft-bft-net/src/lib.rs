@@ -90,6 +90,18 @@ pub use node::{Node, NodeConfig, StartMode};
 pub use stats::NetStats;
 pub use transport::{close_code, Rewrite};
 
+/// Returns once standard input closes (its writer exited or closed it): how a supervisor that
+/// pipes a node's standard input asks it to stop gracefully. What is written is discarded
+/// without being kept.
+pub async fn stdin_closed() {
+    let (tx, rx) = async_std::channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send_blocking(());
+    });
+    let _ = rx.recv().await;
+}
+
 /// A UDP port on 127.0.0.1 that was free a moment ago (for tests and local clusters).
 pub fn free_udp_port() -> std::io::Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?

@@ -75,6 +75,26 @@ impl StateMachine for OpCounter {
     }
 }
 
+/// A Byzantine stand-in for [`crate::NodeConfig::byzantine`]: the replica forges every
+/// signature it sends (its proposals' when it leads, its votes' otherwise), as one that passes
+/// off votes it never cast. Correct replicas refuse them, and replace such a leader.
+pub fn forged_signatures() -> crate::Rewrite {
+    std::sync::Arc::new(|_to, msg| {
+        use raft_bft::message::ReplicaMessage;
+        Some(match msg {
+            ReplicaMessage::Vote(mut v) => {
+                v.sig.0[0] ^= 1;
+                ReplicaMessage::Vote(v)
+            }
+            ReplicaMessage::PreAppend(mut p) => {
+                p.leader_sig.0[0] ^= 1;
+                ReplicaMessage::PreAppend(p)
+            }
+            other => other,
+        })
+    })
+}
+
 /// Parameters that suit tests on one machine: the defaults, with checkpoints every 32 entries
 /// so that compaction and state transfer happen in short runs.
 pub fn test_params() -> Params {

@@ -319,25 +319,6 @@ fn unknown_keys_oversized_frames_and_garbage_close_their_connection_and_the_clus
     });
 }
 
-/// A Byzantine stand-in: the replica forges every signature it sends (its proposals' and its
-/// votes'), as one that tries to pass off votes it never cast.
-fn forged_signatures() -> raft_bft_net::Rewrite {
-    std::sync::Arc::new(|_to, msg| {
-        use raft_bft::message::ReplicaMessage;
-        Some(match msg {
-            ReplicaMessage::Vote(mut v) => {
-                v.sig.0[0] ^= 1;
-                ReplicaMessage::Vote(v)
-            }
-            ReplicaMessage::PreAppend(mut p) => {
-                p.leader_sig.0[0] ^= 1;
-                ReplicaMessage::PreAppend(p)
-            }
-            other => other,
-        })
-    })
-}
-
 #[test]
 fn a_leader_that_forges_signatures_is_replaced_and_the_cluster_goes_on() {
     block_on(async {
@@ -354,7 +335,7 @@ fn a_leader_that_forges_signatures_is_replaced_and_the_cluster_goes_on() {
             config.socket = Some(sockets[i].clone());
             if i == 0 {
                 // Replica 0 leads term 0.
-                config.byzantine = Some(forged_signatures());
+                config.byzantine = Some(raft_bft_net::testkit::forged_signatures());
             }
             nodes.push(Node::start(config, OpCounter::default()).await.unwrap());
         }

@@ -259,38 +259,18 @@ impl Client {
     /// calls whatever `now` does, and a client restarted with a working clock still continues
     /// above its previous timestamps.
     pub fn submit(&mut self, now: Time, op: Vec<u8>) -> Result<Vec<ClientSend>, ClientError> {
-        if let Some(p) = &self.pending {
-            return Err(ClientError::Busy {
+        self.check_idle()?;
+        let tx = self.sign_next(now, op)?;
+        self.resubmit(now, tx)
+    }
+
+    fn check_idle(&self) -> Result<(), ClientError> {
+        match &self.pending {
+            Some(p) => Err(ClientError::Busy {
                 outstanding_ts: p.tx.ts,
-            });
+            }),
+            None => Ok(()),
         }
-        let limit = self.cluster.params().max_op_bytes;
-        if op.len() > limit as usize {
-            return Err(ClientError::OpTooLarge {
-                size: op.len(),
-                limit,
-            });
-        }
-        let ts = self
-            .last_ts
-            .checked_add(1)
-            .ok_or(ClientError::TsExhausted)?
-            .max(now.0);
-        self.last_ts = ts;
-        let tx = SignedTx::sign(self.cluster.cluster_id(), &self.key, ts, op);
-        self.pending = Some(Pending {
-            tx: tx.clone(),
-            submitted_at: now,
-            last_send: now,
-            timeout: self.config.retry_timeout,
-            retries: 0,
-            votes: BTreeMap::new(),
-        });
-        self.stats.submitted += 1;
-        Ok(vec![ClientSend {
-            to: Destination::Replica(self.believed_leader),
-            tx,
-        }])
     }
 
     /// Signs `op` as this client's next tx without sending it (to keep, and
@@ -317,11 +297,7 @@ impl Client {
     /// executed gets its cached reply again, or, if the client executed a later one since, a
     /// final [`Rejection::Stale`]. A tx of another client is refused.
     pub fn resubmit(&mut self, now: Time, tx: SignedTx) -> Result<Vec<ClientSend>, ClientError> {
-        if let Some(p) = &self.pending {
-            return Err(ClientError::Busy {
-                outstanding_ts: p.tx.ts,
-            });
-        }
+        self.check_idle()?;
         if tx.client != self.key.public() {
             return Err(ClientError::ForeignTx);
         }

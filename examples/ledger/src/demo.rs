@@ -14,31 +14,12 @@ use ledger::files;
 use ledger::{Ledger, LedgerOp, LedgerResult};
 use raft_bft::crypto::KeyPair;
 use raft_bft::manifest::Manifest;
-use raft_bft::message::ReplicaMessage;
 use raft_bft::state_machine::StateMachine;
 use raft_bft::types::{Index, PublicKey, ReplicaId};
-use raft_bft_net::{Client, ClientError, ClientOptions, Connections, Rewrite};
+use raft_bft_net::{Client, ClientError, ClientOptions, Connections};
 
 const N: usize = 4;
 const FUNDS: u64 = 1_000_000;
-
-/// The Byzantine behaviour the demo can turn on: the replica forges every signature it sends
-/// (its proposals' when it leads, its votes' otherwise).
-pub fn forged_signatures() -> Rewrite {
-    Arc::new(|_to, msg| {
-        Some(match msg {
-            ReplicaMessage::Vote(mut v) => {
-                v.sig.0[0] ^= 1;
-                ReplicaMessage::Vote(v)
-            }
-            ReplicaMessage::PreAppend(mut p) => {
-                p.leader_sig.0[0] ^= 1;
-                ReplicaMessage::PreAppend(p)
-            }
-            other => other,
-        })
-    })
-}
 
 /// The replica processes.
 struct Replicas {

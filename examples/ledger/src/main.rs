@@ -1,6 +1,5 @@
 //! `ledger`: set up, run and use a ledger cluster.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -416,7 +415,7 @@ fn run_node(
         );
     }
     if forge {
-        config.byzantine = Some(demo::forged_signatures());
+        config.byzantine = Some(raft_bft_net::testkit::forged_signatures());
     }
     async_std::task::block_on(async {
         let node = Node::start(config, ledger)
@@ -428,13 +427,7 @@ fn run_node(
             // nothing a client saw acknowledged.
             return node.wait().await.map_err(|e| e.to_string());
         }
-        let (tx, rx) = async_std::channel::bounded::<()>(1);
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
-            let _ = tx.send_blocking(());
-        });
-        let _ = rx.recv().await;
+        raft_bft_net::stdin_closed().await;
         let state = node
             .inspect(|r| r.app().snapshot())
             .await

@@ -4,7 +4,6 @@
 //! It runs until its standard input closes (a graceful stop: everything handed to storage is
 //! made durable), then writes its state to `--dump` if given. `kill -9` is a crash.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -95,14 +94,7 @@ fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         println!("listening {}", node.local_addr());
-        // Stop when standard input closes.
-        let (tx, rx) = async_std::channel::bounded::<()>(1);
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
-            let _ = tx.send_blocking(());
-        });
-        let _ = rx.recv().await;
+        raft_bft_net::stdin_closed().await;
         let state = node
             .inspect(|r| r.app().clone())
             .await
