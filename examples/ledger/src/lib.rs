@@ -13,10 +13,10 @@
 //! let (alice, bob) = (PublicKey([2; 32]), PublicKey([3; 32]));
 //! let mut ledger = Ledger::new(vec![admin]);
 //! ledger.execute(&admin, &LedgerOp::Mint { to: alice, amount: 100 });
-//! let moved = ledger.execute(&alice, &LedgerOp::Transfer { to: bob, amount: 30 });
+//! let moved = ledger.execute(&alice, &LedgerOp::Transfer { to: bob, amount: 30, memo: vec![] });
 //! assert_eq!(moved, LedgerResult::Transferred { from_balance: 70, sent: 1, to_balance: 30 });
 //! assert!(matches!(
-//!     ledger.execute(&bob, &LedgerOp::Transfer { to: alice, amount: 31 }),
+//!     ledger.execute(&bob, &LedgerOp::Transfer { to: alice, amount: 31, memo: vec![] }),
 //!     LedgerResult::Rejected(_)
 //! ));
 //! assert_eq!((ledger.balance(&alice), ledger.balance(&bob), ledger.supply()), (70, 30, 100));
@@ -25,4 +25,6 @@
 pub mod files;
 mod state;
 
-pub use state::{Ledger, LedgerOp, LedgerRejection, LedgerResult, MAX_SNAPSHOT_BYTES};
+pub use state::{
+    Ledger, LedgerOp, LedgerRejection, LedgerResult, MAX_MEMO_BYTES, MAX_SNAPSHOT_BYTES,
+};

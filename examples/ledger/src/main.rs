@@ -228,7 +228,11 @@ fn run(command: Command) -> Result<(), String> {
             save_tx,
         } => {
             let to = parse_key(&to)?;
-            let op = LedgerOp::Transfer { to, amount };
+            let op = LedgerOp::Transfer {
+                to,
+                amount,
+                memo: Vec::new(),
+            };
             let key = files::read_key(&key).map_err(|e| e.to_string())?;
             let what = match save_tx {
                 Some(path) => Outgoing::SignAndSave(op, path),

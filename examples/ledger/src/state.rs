@@ -23,6 +23,10 @@ pub enum LedgerOp {
         to: PublicKey,
         /// How much.
         amount: u64,
+        /// Opaque bytes recorded with the transfer (a reference, an invoice number), at most
+        /// [`MAX_MEMO_BYTES`]. The ledger does not interpret them.
+        #[serde(default, with = "serde_bytes")]
+        memo: Vec<u8>,
     },
     /// Reads an account's balance (ordered like any op, so the answer is linearizable).
     Balance {
@@ -43,8 +47,11 @@ impl LedgerOp {
     }
 }
 
-/// The largest encoded op (a key, an amount and the framing).
-const MAX_OP_BYTES: usize = 128;
+/// The longest memo a transfer may carry.
+pub const MAX_MEMO_BYTES: usize = 1024;
+
+/// The largest encoded op (a key, an amount, a memo and the framing).
+const MAX_OP_BYTES: usize = 128 + MAX_MEMO_BYTES;
 
 /// What the ledger answers; the replicas sign it, and a client trusts it once `f + 1` agree.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +244,10 @@ impl Ledger {
                 self.set(to, balance);
                 Ok(LedgerResult::Minted { balance })
             }
-            LedgerOp::Transfer { to, amount } => {
+            LedgerOp::Transfer { ref memo, .. } if memo.len() > MAX_MEMO_BYTES => {
+                Err(LedgerRejection::Malformed)
+            }
+            LedgerOp::Transfer { to, amount, .. } => {
                 if amount == 0 {
                     return Err(LedgerRejection::ZeroAmount);
                 }
@@ -284,6 +294,9 @@ impl StateMachine for Ledger {
         match LedgerOp::decode(op).map_err(|e| format!("not a ledger op: {e}"))? {
             LedgerOp::Mint { .. } if !self.admins.contains(client) => {
                 Err(LedgerRejection::NotAdmin.to_string())
+            }
+            LedgerOp::Transfer { memo, .. } if memo.len() > MAX_MEMO_BYTES => {
+                Err(LedgerRejection::Malformed.to_string())
             }
             _ => Ok(()),
         }
@@ -368,6 +381,7 @@ mod tests {
                 LedgerOp::Transfer {
                     to: key(3),
                     amount: 11,
+                    memo: Vec::new(),
                 },
                 LedgerRejection::Overdraft {
                     balance: 10,
@@ -379,6 +393,7 @@ mod tests {
                 LedgerOp::Transfer {
                     to: key(3),
                     amount: 0,
+                    memo: Vec::new(),
                 },
                 LedgerRejection::ZeroAmount,
             ),
@@ -387,6 +402,7 @@ mod tests {
                 LedgerOp::Transfer {
                     to: key(2),
                     amount: 1,
+                    memo: Vec::new(),
                 },
                 LedgerRejection::SelfTransfer,
             ),
@@ -458,7 +474,11 @@ mod tests {
             for (signer, kind, to, amount) in ops {
                 let op = match kind {
                     0 => LedgerOp::Mint { to: key(to), amount },
-                    1 => LedgerOp::Transfer { to: key(to), amount },
+                    1 => LedgerOp::Transfer {
+                        to: key(to),
+                        amount,
+                        memo: Vec::new(),
+                    },
                     _ => LedgerOp::Balance { account: key(to) },
                 };
                 match l.execute(&key(signer), &op) {
