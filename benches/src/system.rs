@@ -50,3 +50,31 @@ pub struct ClusterSpec {
     /// How long a batch may wait to fill (raft-bft's `max_batch_delay`).
     pub batch_delay: Duration,
 }
+
+/// Replica `i`'s key in every benchmark cluster (derived from `i`, so that a node process
+/// re-derives it).
+pub fn replica_key(i: usize) -> raft_bft::crypto::KeyPair {
+    let mut seed = [0xee; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    raft_bft::crypto::KeyPair::from_seed(seed)
+}
+
+/// The manifest of an `addresses.len()`-replica benchmark cluster with batches of up to `batch`
+/// txs closed after at most `batch_delay`. Everything else is the protocol's defaults.
+pub fn bench_manifest(addresses: &[String], batch: u32, batch_delay: Duration) -> Manifest {
+    let params = raft_bft::config::Params {
+        max_batch_txs: batch,
+        max_batch_delay: batch_delay,
+        ..raft_bft::config::Params::default()
+    };
+    let mut manifest = Manifest::new(
+        format!("bench-{}x{batch}", addresses.len()),
+        addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (replica_key(i).public(), a.clone())),
+        params,
+    );
+    manifest.admin_keys = vec![crate::workload::Accounts::admin().public()];
+    manifest
+}

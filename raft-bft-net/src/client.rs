@@ -5,7 +5,9 @@
 //! key is pinned from the manifest), reconnecting with backoff, and is shared by any number of
 //! [`Client`]s, one per client key. A `Client` runs the core's client logic
 //! ([`raft_bft::client::Client`]): one tx outstanding, retries to all replicas on timeout, and
-//! acceptance on `f + 1` matching signed replies.
+//! acceptance on `f + 1` matching signed replies. The clients of one `Connections` share the
+//! reply-batch signatures they verified, so a batch's signature is checked once, not once per
+//! client in it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use raft_bft::crypto::KeyPair;
 use raft_bft::manifest::{Cluster, Manifest};
 use raft_bft::message::{Outcome, Reply};
 use raft_bft::types::{ClientId, Index, ReplicaId};
+use raft_bft::verify::VerifiedReplyRoots;
 
 use crate::error::ClientError;
 use crate::frame::{self, FrameDecoder};
@@ -72,6 +75,8 @@ struct Shared {
     next_status: AtomicU64,
     clock: Clock,
     options: ClientOptions,
+    /// Reply-batch signatures verified by any client of these connections.
+    verified_roots: VerifiedReplyRoots,
 }
 
 /// Connections to every replica of a cluster, shared by many [`Client`]s.
@@ -131,6 +136,7 @@ impl Connections {
             next_status: AtomicU64::new(1),
             clock: Clock::new(),
             options,
+            verified_roots: VerifiedReplyRoots::default(),
         });
         let mut tasks = Vec::new();
         for ((info, addr), rx) in cluster.manifest().replicas.iter().zip(addrs).zip(receivers) {
@@ -457,8 +463,9 @@ impl Client {
             .clone()
             .unwrap_or_else(|| ClientConfig::from_params(shared.cluster.params()));
         let key_copy = key.clone();
-        let core = raft_bft::client::Client::new(shared.cluster.clone(), key, config)
+        let mut core = raft_bft::client::Client::new(shared.cluster.clone(), key, config)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        core.share_verified_roots(shared.verified_roots.clone());
         let (tx, rx) = channel::bounded(64);
         if let Ok(mut w) = shared.waiters.lock() {
             w.insert(core.public_key(), tx);

@@ -45,7 +45,7 @@ use crate::crypto::KeyPair;
 use crate::manifest::Cluster;
 use crate::message::{Outcome, Rejection, Reply, SignedTx};
 use crate::types::{PublicKey, ReplicaId, Term, Time};
-use crate::verify::{Verifier, VerifyError};
+use crate::verify::{VerifiedReplyRoots, Verifier, VerifyError};
 
 /// Client timing settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,6 +215,8 @@ pub struct Client {
     believed_leader: ReplicaId,
     pending: Option<Pending>,
     stats: ClientStats,
+    /// Reply-batch signatures verified by this client or others sharing the set.
+    verified_roots: Option<VerifiedReplyRoots>,
 }
 
 impl fmt::Debug for Client {
@@ -250,7 +252,16 @@ impl Client {
             believed_leader,
             pending: None,
             stats: ClientStats::default(),
+            verified_roots: None,
         })
+    }
+
+    /// Shares `roots` with this client: reply-batch signatures that one client of the set
+    /// verified are not verified again by the others. A replica signs one Merkle root per
+    /// batch of replies, so clients in one process whose txs shared an entry check its
+    /// signature once instead of once each.
+    pub fn share_verified_roots(&mut self, roots: VerifiedReplyRoots) {
+        self.verified_roots = Some(roots);
     }
 
     /// Signs `op` as a new tx and returns what to send: the tx, to the believed leader.
@@ -338,7 +349,10 @@ impl Client {
             }
             return None;
         }
-        if let Err(e) = self.verifier.verify_reply(&reply) {
+        if let Err(e) = self
+            .verifier
+            .verify_reply_with(&reply, self.verified_roots.as_ref())
+        {
             match e {
                 VerifyError::NonMember(_) => self.stats.non_member += 1,
                 VerifyError::Signature { .. } => self.stats.bad_signature += 1,
@@ -554,6 +568,54 @@ mod tests {
         let sends = c.submit(Time(now), b"op".to_vec()).unwrap();
         assert_eq!(sends.len(), 1);
         sends[0].tx.clone()
+    }
+
+    #[test]
+    fn clients_sharing_verified_roots_check_a_batch_signature_once_and_nothing_else_passes() {
+        let n = net(4);
+        let roots = VerifiedReplyRoots::default();
+        let (mut a, mut b) = (n.client(1), n.client(2));
+        a.share_verified_roots(roots.clone());
+        b.share_verified_roots(roots.clone());
+        let (ta, tb) = (submit(&mut a, SEC), submit(&mut b, SEC));
+        let cid = n.cluster.cluster_id();
+        let outcome = executed(3, b"done");
+        // Replica 0 answers both clients in one batch: one root, one signature.
+        let leaves = [
+            reply_leaf(cid, &a.public_key(), ta.ts, &outcome),
+            reply_leaf(cid, &b.public_key(), tb.ts, &outcome),
+        ];
+        let tree = MerkleTree::new(cid, &leaves);
+        let sig = n.keys[0].sign(&reply_batch_digest(cid, ReplicaId(0), &tree.root(cid)));
+        let reply_to = |client: &Client, ts: u64, position: usize, outcome: &Outcome| Reply {
+            client: client.public_key(),
+            ts,
+            outcome: outcome.clone(),
+            replica: ReplicaId(0),
+            proof: tree.proof(position).unwrap(),
+            sig,
+        };
+        assert!(a
+            .on_reply(Time(2 * SEC), reply_to(&a, ta.ts, 0, &outcome))
+            .is_none());
+        assert_eq!((a.stats().votes, roots.len()), (1, 1));
+        // The same signed root is not checked again for b, and b's vote counts.
+        assert!(b
+            .on_reply(Time(2 * SEC), reply_to(&b, tb.ts, 1, &outcome))
+            .is_none());
+        assert_eq!((b.stats().votes, roots.len()), (1, 1));
+        // A cached signature does not vouch for another outcome: the proof then leads to
+        // another root, whose signature is checked and fails.
+        let mut c = n.client(3);
+        c.share_verified_roots(roots.clone());
+        let tc = submit(&mut c, SEC);
+        let forged = Reply {
+            client: c.public_key(),
+            ..reply_to(&b, tc.ts, 1, &executed(3, b"forged"))
+        };
+        assert!(c.on_reply(Time(2 * SEC), forged).is_none());
+        assert_eq!((c.stats().bad_signature, c.stats().votes), (1, 0));
+        assert_eq!(roots.len(), 1);
     }
 
     #[test]

@@ -885,6 +885,17 @@ impl Verifier {
     /// Verifies a reply (for clients): the replica is a member, its proof leads from the reply's
     /// leaf to the signed root, and the signature verifies.
     pub fn verify_reply(&self, reply: &Reply) -> Result<(), VerifyError> {
+        self.verify_reply_with(reply, None)
+    }
+
+    /// [`Verifier::verify_reply`], skipping the signature check when `roots` holds the same
+    /// signature of the same root by the same replica, verified before (a replica signs one
+    /// root for a whole batch of replies, so the clients of one batch check it once).
+    pub fn verify_reply_with(
+        &self,
+        reply: &Reply,
+        roots: Option<&VerifiedReplyRoots>,
+    ) -> Result<(), VerifyError> {
         let key = self
             .cluster
             .key_of(reply.replica)
@@ -896,6 +907,10 @@ impl Verifier {
                 what: "reply",
                 why: "inclusion proof does not fit its tree",
             })?;
+        let signed = (reply.replica, root, reply.sig);
+        if roots.is_some_and(|r| r.contains(&signed)) {
+            return Ok(());
+        }
         crypto::verify(
             key,
             &reply_batch_digest(cid, reply.replica, &root),
@@ -904,7 +919,60 @@ impl Verifier {
         .map_err(|source| VerifyError::Signature {
             what: "reply",
             source,
-        })
+        })?;
+        if let Some(roots) = roots {
+            roots.insert(signed);
+        }
+        Ok(())
+    }
+}
+
+/// Reply-batch signatures that verified, shared by the clients of one process (cloning shares
+/// the set). Bounded: the oldest entries are forgotten first.
+///
+/// Sound because an entry is only added after its signature verified: a hit means this exact
+/// signature by this replica over this root was checked.
+#[derive(Clone, Debug, Default)]
+pub struct VerifiedReplyRoots(Arc<std::sync::Mutex<RootSet>>);
+
+type SignedRoot = (ReplicaId, Digest, Signature);
+
+#[derive(Debug, Default)]
+struct RootSet {
+    set: HashSet<SignedRoot>,
+    order: std::collections::VecDeque<SignedRoot>,
+}
+
+impl VerifiedReplyRoots {
+    /// Most signed roots remembered.
+    pub const CAPACITY: usize = 4096;
+
+    fn contains(&self, signed: &SignedRoot) -> bool {
+        self.0.lock().is_ok_and(|s| s.set.contains(signed))
+    }
+
+    fn insert(&self, signed: SignedRoot) {
+        let Ok(mut s) = self.0.lock() else {
+            return;
+        };
+        if s.set.insert(signed) {
+            s.order.push_back(signed);
+            while s.order.len() > Self::CAPACITY {
+                if let Some(old) = s.order.pop_front() {
+                    s.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// How many signed roots are remembered.
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |s| s.set.len())
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
