@@ -98,9 +98,13 @@ pub(crate) fn start<S: StateMachine + Send + 'static>(
     events: Sender<Event<S>>,
     stats: Arc<NetStats>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, NetError> {
+    // A retransmitted proposal may reach another worker than the first copy did: the workers
+    // share what they verified.
+    let entries = raft_bft::verify::VerifiedEntries::default();
     (0..threads.max(1))
         .map(|i| {
-            let verifier = Verifier::new(cluster.clone(), os_seed()?);
+            let mut verifier = Verifier::new(cluster.clone(), os_seed()?);
+            verifier.share_verified_entries(entries.clone());
             let (input, events, stats) = (input.clone(), events.clone(), stats.clone());
             std::thread::Builder::new()
                 .name(format!("raft-bft-verify-{i}"))

@@ -277,6 +277,7 @@ pub enum CertificateError {
 pub struct Verifier {
     cluster: Arc<Cluster>,
     rng: CoefficientRng,
+    verified_entries: VerifiedEntries,
 }
 
 /// Most committed entries one `Entries` message may carry.
@@ -292,7 +293,14 @@ impl Verifier {
         Verifier {
             cluster,
             rng: crypto::coefficient_rng(seed),
+            verified_entries: VerifiedEntries::default(),
         }
+    }
+
+    /// Shares `entries` with this verifier: an entry whose signatures one verifier of the set
+    /// checked is not batch-verified again by the others (see [`VerifiedEntries`]).
+    pub fn share_verified_entries(&mut self, entries: VerifiedEntries) {
+        self.verified_entries = entries;
     }
 
     /// The cluster this verifier checks against.
@@ -412,6 +420,10 @@ impl Verifier {
         &mut self,
         entry: CheckedEntry,
     ) -> Result<CheckedEntry, VerifyError> {
+        let key = VerifiedEntries::key(&entry);
+        if self.verified_entries.0.contains(&key) {
+            return Ok(entry);
+        }
         let mut batch = BatchVerifier::with_capacity(entry.tx_ids.len());
         for (tx, id) in entry.entry.txs.iter().zip(&entry.tx_ids) {
             batch.push(tx.client, *id, tx.sig);
@@ -425,6 +437,7 @@ impl Verifier {
                 });
             }
         }
+        self.verified_entries.0.insert(key);
         Ok(entry)
     }
 
@@ -927,37 +940,51 @@ impl Verifier {
     }
 }
 
-/// Reply-batch signatures that verified, shared by the clients of one process (cloning shares
-/// the set). Bounded: the oldest entries are forgotten first.
-///
-/// Sound because an entry is only added after its signature verified: a hit means this exact
-/// signature by this replica over this root was checked.
-#[derive(Clone, Debug, Default)]
-pub struct VerifiedReplyRoots(Arc<std::sync::Mutex<RootSet>>);
-
-type SignedRoot = (ReplicaId, Digest, Signature);
-
-#[derive(Debug, Default)]
-struct RootSet {
-    set: HashSet<SignedRoot>,
-    order: std::collections::VecDeque<SignedRoot>,
+/// A bounded set of recently verified items, shared by its clones: the oldest is forgotten
+/// first. Only ever holds items whose verification succeeded.
+#[derive(Debug)]
+struct Recent<T> {
+    inner: Arc<std::sync::Mutex<RecentInner<T>>>,
+    capacity: usize,
 }
 
-impl VerifiedReplyRoots {
-    /// Most signed roots remembered.
-    pub const CAPACITY: usize = 4096;
+#[derive(Debug)]
+struct RecentInner<T> {
+    set: HashSet<T>,
+    order: std::collections::VecDeque<T>,
+}
 
-    fn contains(&self, signed: &SignedRoot) -> bool {
-        self.0.lock().is_ok_and(|s| s.set.contains(signed))
+impl<T> Clone for Recent<T> {
+    fn clone(&self) -> Self {
+        Recent {
+            inner: Arc::clone(&self.inner),
+            capacity: self.capacity,
+        }
+    }
+}
+
+impl<T: Copy + Eq + std::hash::Hash> Recent<T> {
+    fn new(capacity: usize) -> Self {
+        Recent {
+            inner: Arc::new(std::sync::Mutex::new(RecentInner {
+                set: HashSet::new(),
+                order: std::collections::VecDeque::new(),
+            })),
+            capacity,
+        }
     }
 
-    fn insert(&self, signed: SignedRoot) {
-        let Ok(mut s) = self.0.lock() else {
+    fn contains(&self, item: &T) -> bool {
+        self.inner.lock().is_ok_and(|s| s.set.contains(item))
+    }
+
+    fn insert(&self, item: T) {
+        let Ok(mut s) = self.inner.lock() else {
             return;
         };
-        if s.set.insert(signed) {
-            s.order.push_back(signed);
-            while s.order.len() > Self::CAPACITY {
+        if s.set.insert(item) {
+            s.order.push_back(item);
+            while s.order.len() > self.capacity {
                 if let Some(old) = s.order.pop_front() {
                     s.set.remove(&old);
                 }
@@ -965,9 +992,83 @@ impl VerifiedReplyRoots {
         }
     }
 
+    fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |s| s.set.len())
+    }
+}
+
+/// Reply-batch signatures that verified, shared by the clients of one process (cloning shares
+/// the set). Bounded: the oldest entries are forgotten first.
+///
+/// Sound because an entry is only added after its signature verified: a hit means this exact
+/// signature by this replica over this root was checked.
+#[derive(Clone, Debug)]
+pub struct VerifiedReplyRoots(Recent<SignedRoot>);
+
+type SignedRoot = (ReplicaId, Digest, Signature);
+
+impl Default for VerifiedReplyRoots {
+    fn default() -> Self {
+        VerifiedReplyRoots(Recent::new(Self::CAPACITY))
+    }
+}
+
+impl VerifiedReplyRoots {
+    /// Most signed roots remembered.
+    pub const CAPACITY: usize = 4096;
+
+    fn contains(&self, signed: &SignedRoot) -> bool {
+        self.0.contains(signed)
+    }
+
+    fn insert(&self, signed: SignedRoot) {
+        self.0.insert(signed)
+    }
+
     /// How many signed roots are remembered.
     pub fn len(&self) -> usize {
-        self.0.lock().map_or(0, |s| s.set.len())
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Entries whose client signatures all verified, by a digest of the entry's hash and every
+/// signature in it, shared by the verifiers of one replica (cloning shares the set).
+///
+/// A leader retransmits a proposal that a follower was slow to answer, and a replica catching up
+/// may fetch an entry it was proposed before: the same entry, with the same signatures, is then
+/// not batch-verified again (a thousand signatures). The entry hash binds every tx's client,
+/// timestamp and op, and the digest adds the signature bytes, so a hit is exactly a batch that
+/// verified before.
+#[derive(Clone, Debug)]
+pub struct VerifiedEntries(Recent<Digest>);
+
+impl Default for VerifiedEntries {
+    fn default() -> Self {
+        VerifiedEntries(Recent::new(Self::CAPACITY))
+    }
+}
+
+impl VerifiedEntries {
+    /// Most entries remembered.
+    pub const CAPACITY: usize = 1024;
+
+    fn key(entry: &CheckedEntry) -> Digest {
+        let mut h = blake3::Hasher::new_derive_key("raft-bft v1 verified entry signatures");
+        h.update(&entry.hash.0);
+        for tx in &entry.entry.txs {
+            h.update(&tx.sig.0);
+        }
+        Digest(*h.finalize().as_bytes())
+    }
+
+    /// How many entries are remembered.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Whether none is.

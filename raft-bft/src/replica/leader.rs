@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::log::Log;
 use super::HashMap;
@@ -30,10 +31,18 @@ struct Inflight {
     /// Replicas that sent a Commit vote (they executed it).
     executed_by: BTreeSet<ReplicaId>,
     last_sent: Time,
+    /// How long after `last_sent` the phase's message goes again to those who did not answer:
+    /// the heartbeat interval, doubled after each retransmission (see `MAX_RESEND_BACKOFF`).
+    resend_after: Duration,
 }
 
+/// Retransmissions of one phase back off up to this many heartbeat intervals. A phase slower
+/// than one interval (a busy disk) would otherwise get its whole entry resent, and
+/// re-verified by every follower, every interval: work that slows the phase further.
+const MAX_RESEND_BACKOFF: u32 = 8;
+
 impl Inflight {
-    fn new(hash: Digest, proposal: PreAppend, sent: Time) -> Self {
+    fn new(hash: Digest, proposal: PreAppend, sent: Time, resend_after: Duration) -> Self {
         Inflight {
             hash,
             proposal,
@@ -43,6 +52,7 @@ impl Inflight {
             certificate: None,
             executed_by: BTreeSet::new(),
             last_sent: sent,
+            resend_after,
         }
     }
 }
@@ -119,7 +129,7 @@ impl LeaderState {
         let retransmit = self
             .inflight
             .values()
-            .map(|f| f.last_sent.after(params.heartbeat_interval))
+            .map(|f| f.last_sent.after(f.resend_after))
             .min();
         let heartbeat = self.last_broadcast.after(params.heartbeat_interval);
         [batch, retransmit]
@@ -290,10 +300,11 @@ impl<S: StateMachine> Replica<S> {
             Target::AllOthers,
             ReplicaMessage::PreAppend(proposal.clone()),
         );
+        let resend_after = self.cluster.params().heartbeat_interval;
         if let Some(leader) = self.leader.as_mut() {
             leader
                 .inflight
-                .insert(index, Inflight::new(hash, proposal, self.now));
+                .insert(index, Inflight::new(hash, proposal, self.now, resend_after));
         }
     }
 
@@ -331,11 +342,13 @@ impl<S: StateMachine> Replica<S> {
                 entry_hash: hash,
                 state_digest: None,
             };
+            let resend_after = self.cluster.params().heartbeat_interval;
             if let Some(leader) = self.leader.as_mut() {
                 // Due for retransmission at the first tick.
-                leader
-                    .inflight
-                    .insert(Index(i), Inflight::new(hash, proposal, Time(0)));
+                leader.inflight.insert(
+                    Index(i),
+                    Inflight::new(hash, proposal, Time(0), resend_after),
+                );
             }
             // Its own vote again (idempotent; persisted if it was lost with a torn batch).
             self.vote(subject);
@@ -402,6 +415,7 @@ impl<S: StateMachine> Replica<S> {
             _ => Phase::Commit,
         };
         flight.last_sent = self.now;
+        flight.resend_after = self.cluster.params().heartbeat_interval;
         self.metrics.certificates_formed += 1;
         tracing::trace!(replica = %self.id, term = %s.term, index = %s.index, phase = ?s.phase, "certificate formed");
         match s.phase {
@@ -514,10 +528,11 @@ impl<S: StateMachine> Replica<S> {
         let mut resend = Vec::new();
         let mut behind = BTreeSet::new();
         for flight in leader.inflight.values_mut() {
-            if now < flight.last_sent.after(interval) {
+            if now < flight.last_sent.after(flight.resend_after) {
                 continue;
             }
             flight.last_sent = now;
+            flight.resend_after = (flight.resend_after * 2).min(interval * MAX_RESEND_BACKOFF);
             let answered: BTreeSet<ReplicaId> = match flight.phase {
                 Phase::Commit => flight.executed_by.clone(),
                 _ => flight.votes.keys().copied().collect(),

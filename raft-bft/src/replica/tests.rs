@@ -1071,3 +1071,58 @@ fn a_replica_that_missed_a_term_change_asks_the_new_leader_for_its_new_term() {
     old.on_message(Time(13), ReplicaId(1), nt);
     assert_eq!((old.term(), old.is_leader()), (Term(1), false));
 }
+
+#[test]
+fn a_slow_phase_is_resent_with_backoff_not_every_heartbeat() {
+    let mut fx = Fixture::new(4);
+    let mut leader = fx.replica(0, DurableState::default());
+    let mut state = DurableState::default();
+    leader.on_client_tx(Time(10), fx.tx(1, 1, b"a"));
+    let ready = leader.ready();
+    persist_all(&mut leader, &ready, &mut state);
+    let _ = leader.ready(); // the first PreAppend, to all
+    let interval = fx.cluster.params().heartbeat_interval.as_micros() as u64;
+    // No follower answers for 20 heartbeat intervals.
+    let mut resent_at = Vec::new();
+    for step in 1..=200 {
+        let now = Time(10 + step * interval / 10);
+        leader.on_tick(now);
+        let ready = leader.ready();
+        persist_all(&mut leader, &ready, &mut state);
+        let to_one = ready.messages.iter().any(|m| {
+            m.to == Target::Replica(ReplicaId(1))
+                && matches!(m.message, ReplicaMessage::PreAppend(_))
+        });
+        if to_one {
+            resent_at.push(now.0 - 10);
+        }
+    }
+    // Resent after 1, 3, 7, 15 intervals (1 + 2 + 4 + 8), then every 8: not 20 times.
+    let intervals: Vec<u64> = resent_at.iter().map(|t| t / interval).collect();
+    assert_eq!(intervals, vec![1, 3, 7, 15], "{resent_at:?}");
+}
+
+#[test]
+fn a_resent_proposal_is_verified_once_and_a_changed_signature_is_still_caught() {
+    let mut fx = Fixture::new(4);
+    let entries = crate::verify::VerifiedEntries::default();
+    fx.verifier.share_verified_entries(entries.clone());
+    let txs = vec![fx.signed(1, 1, b"a"), fx.signed(2, 1, b"b")];
+    let proposal = fx.pre_append(Term(0), 1, Digest::ZERO, txs);
+    fx.wire(0, &ReplicaMessage::PreAppend(proposal.clone()));
+    assert_eq!(entries.len(), 1);
+    // The same proposal again passes on the remembered verification.
+    fx.wire(0, &ReplicaMessage::PreAppend(proposal.clone()));
+    assert_eq!(entries.len(), 1);
+    // Same entry hash (signatures are not part of a tx's id), one signature altered: it is a
+    // batch that never verified, and it fails.
+    let mut forged = proposal.clone();
+    let mut entry = (*forged.entry).clone();
+    entry.txs[1].sig.0[0] ^= 1;
+    forged.entry = Arc::new(entry);
+    assert!(matches!(
+        fx.verify(0, &ReplicaMessage::PreAppend(forged)),
+        Err(crate::verify::VerifyError::EntryTx { position: 1, .. })
+    ));
+    assert_eq!(entries.len(), 1);
+}
