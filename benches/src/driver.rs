@@ -51,6 +51,8 @@ pub struct Measurement {
     pub cpu: Vec<Duration>,
     /// The leader at the end of the window.
     pub leader: Option<usize>,
+    /// Log entries committed during the window, if the system tells.
+    pub entries: Option<u64>,
     /// True if some client ran out of pre-signed txs before the window ended.
     pub exhausted: bool,
     /// The first failure seen, to report.
@@ -84,7 +86,7 @@ pub fn run(
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let progress = progress_thread(label.to_string(), done.clone(), stop.clone(), timing);
-    let mut cpu_start: Option<Vec<Duration>> = None;
+    let mut cpu_start: Option<(Vec<Duration>, Option<u64>)> = None;
     let cpu_probe = std::cell::RefCell::new(&mut cpu_start);
 
     let client = |i: usize, mut queue: VecDeque<SignedTx>| {
@@ -99,7 +101,9 @@ pub fn run(
                     Load::Closed => Instant::now(),
                     Load::Open { tps } => {
                         let at = start
-                            + Duration::from_secs_f64((i as f64 + (k * clients as u64) as f64) / tps);
+                            + Duration::from_secs_f64(
+                                (i as f64 + (k * clients as u64) as f64) / tps,
+                            );
                         let now = Instant::now();
                         if at > now {
                             async_std::task::sleep(at - now).await;
@@ -115,7 +119,7 @@ pub fn run(
                     // The first client to enter the window samples CPU at its start.
                     if let Ok(mut probe) = cpu_probe.try_borrow_mut() {
                         if probe.is_none() {
-                            **probe = Some(system.cpu());
+                            **probe = Some((system.cpu(), system.committed_entries()));
                         }
                     }
                 }
@@ -172,13 +176,16 @@ pub fn run(
     let tallies = async_std::task::block_on(futures_util::future::join_all(futures));
     let finished = Instant::now();
     let cpu_end = system.cpu();
+    let entries_end = system.committed_entries();
     let leader = system.leader();
     stop.store(true, Ordering::Relaxed);
     let _ = progress.join();
 
     let exhausted = tallies.iter().any(|t| t.exhausted);
     let window = if exhausted {
-        finished.min(window_end).saturating_duration_since(window_start)
+        finished
+            .min(window_end)
+            .saturating_duration_since(window_start)
     } else {
         timing.measure
     };
@@ -192,7 +199,11 @@ pub fn run(
             latencies.record(Duration::from_micros(u64::from(us)));
         }
     }
-    let cpu_start = cpu_start.unwrap_or_else(|| vec![Duration::ZERO; cpu_end.len()]);
+    let (cpu_start, entries_start) =
+        cpu_start.unwrap_or_else(|| (vec![Duration::ZERO; cpu_end.len()], None));
+    let entries = entries_end
+        .zip(entries_start)
+        .map(|(e, s)| e.saturating_sub(s));
     let cpu = cpu_end
         .iter()
         .zip(cpu_start.iter().chain(std::iter::repeat(&Duration::ZERO)))
@@ -205,6 +216,7 @@ pub fn run(
         latencies,
         cpu,
         leader,
+        entries,
         exhausted,
         first_error,
     }
@@ -228,7 +240,7 @@ fn progress_thread(
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
             ticks += 1;
-            if ticks % (10 * every) != 0 {
+            if !ticks.is_multiple_of(10 * every) {
                 continue;
             }
             let now = done.load(Ordering::Relaxed);

@@ -107,21 +107,30 @@ mod tests {
 
     #[test]
     fn a_busy_named_thread_shows_cpu_time() {
+        // The thread spins until it has used 40 ms of CPU by its own account (however loaded
+        // the machine is), then waits to be measured.
+        let (spun, measured) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (spun_tx, spun_rx) = spun;
+        let (measured_tx, measured_rx) = measured;
         let worker = std::thread::Builder::new()
             .name("cpu-probe".into())
-            .spawn(|| {
-                let start = std::time::Instant::now();
+            .spawn(move || {
+                let me = Path::new("/proc/thread-self");
                 let mut x = 0u64;
-                while start.elapsed() < Duration::from_millis(50) {
-                    x = std::hint::black_box(x.wrapping_add(1));
+                while thread_cpu(me).unwrap_or_default() < Duration::from_millis(40) {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                let _ = spun_tx.send(());
+                let _ = measured_rx.recv();
             })
             .expect("spawns");
-        std::thread::sleep(Duration::from_millis(100));
+        spun_rx.recv().expect("the probe spins");
         let cpu = threads_cpu("cpu-probe");
+        let _ = measured_tx.send(());
         worker.join().expect("joins");
-        assert!(cpu >= Duration::from_millis(30), "{cpu:?}");
+        assert!(cpu >= Duration::from_millis(40), "{cpu:?}");
         assert_eq!(threads_cpu("no-such-thread"), Duration::ZERO);
     }
 

@@ -8,7 +8,7 @@
 //! by the core client logic, with its `f + 1` rule and shared reply-root verification).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,7 +18,7 @@ use ledger::Ledger;
 use raft_bft::client::{ClientConfig, Destination};
 use raft_bft::codec;
 use raft_bft::manifest::Cluster;
-use raft_bft::message::{Outcome, Reply, ReplicaMessage, SignedTx};
+use raft_bft::message::{Outcome, ReplicaMessage, Reply, SignedTx};
 use raft_bft::replica::{Replica, Target};
 use raft_bft::types::{ReplicaId, Time};
 use raft_bft::verify::{VerifiedReplyRoots, Verifier};
@@ -29,7 +29,10 @@ use crate::system::{replica_key, ClusterSpec, Submission, System};
 
 /// What reaches a replica's thread.
 enum Input {
-    Peer { from: ReplicaId, bytes: Arc<Vec<u8>> },
+    Peer {
+        from: ReplicaId,
+        bytes: Arc<Vec<u8>>,
+    },
     Tx(SignedTx),
     Synced(SyncDone),
     Stop,
@@ -58,6 +61,7 @@ pub struct LocalCluster {
     clients: Sender<ClientInput>,
     threads: Vec<JoinHandle<Result<(), String>>>,
     leaders: Arc<Vec<AtomicUsize>>,
+    commits: Arc<Vec<AtomicU64>>,
 }
 
 /// A monotonic clock in microseconds.
@@ -79,11 +83,11 @@ pub fn start(spec: &ClusterSpec) -> Result<Box<dyn System>, String> {
     let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel()).unzip();
     let (clients_tx, clients_rx) = mpsc::channel();
     let leaders: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
+    let commits: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let mut threads = Vec::new();
     for (i, inbox) in receivers.into_iter().enumerate() {
         let dir = spec.dir.join(format!("node-{i}"));
-        let store =
-            FileStore::create(&dir, *cluster.cluster_id()).map_err(|e| format!("{e}"))?;
+        let store = FileStore::create(&dir, *cluster.cluster_id()).map_err(|e| format!("{e}"))?;
         let durable = store.load().map_err(|e| format!("{e}"))?;
         let replica = Replica::new(
             cluster.clone(),
@@ -115,6 +119,7 @@ pub fn start(spec: &ClusterSpec) -> Result<Box<dyn System>, String> {
             sync_running: false,
             clock,
             leaders: leaders.clone(),
+            commits: commits.clone(),
             limit: cluster.params().max_message_bytes as usize,
         };
         spawn(&mut threads, format!("rb{i}-loop"), move || node.run())?;
@@ -137,6 +142,7 @@ pub fn start(spec: &ClusterSpec) -> Result<Box<dyn System>, String> {
         clients: clients_tx,
         threads,
         leaders,
+        commits,
     }))
 }
 
@@ -167,6 +173,7 @@ struct ReplicaThread {
     sync_running: bool,
     clock: Clock,
     leaders: Arc<Vec<AtomicUsize>>,
+    commits: Arc<Vec<AtomicU64>>,
     limit: usize,
 }
 
@@ -177,6 +184,7 @@ impl ReplicaThread {
         loop {
             let next_tick = self.drain_ready()?;
             if stopping && !self.sync_running {
+                tracing::debug!(replica = %me, metrics = ?self.replica.metrics(), "stopped");
                 return Ok(());
             }
             let now = self.clock.now();
@@ -232,7 +240,8 @@ impl ReplicaThread {
             }
             if !txs.is_empty() {
                 let senders: Vec<_> = txs.iter().map(|tx| (tx.client, tx.ts)).collect();
-                for (checked, (client, ts)) in self.verifier.verify_txs(txs).into_iter().zip(senders)
+                for (checked, (client, ts)) in
+                    self.verifier.verify_txs(txs).into_iter().zip(senders)
                 {
                     match checked {
                         Ok(tx) => self.replica.on_client_tx(now, tx),
@@ -249,6 +258,7 @@ impl ReplicaThread {
             }
             self.replica.on_tick(self.clock.now());
             self.leaders[me.as_usize()].store(self.replica.leader().as_usize(), Ordering::Relaxed);
+            self.commits[me.as_usize()].store(self.replica.commit_index().0, Ordering::Relaxed);
         }
     }
 
@@ -378,7 +388,8 @@ impl ClientThread {
                             core.abandon();
                         }
                         if let Some(done) = self.waiting.remove(&client) {
-                            let _ = done.try_send(Err("f + 1 replicas found the tx invalid".into()));
+                            let _ =
+                                done.try_send(Err("f + 1 replicas found the tx invalid".into()));
                         }
                     }
                 }
@@ -448,6 +459,11 @@ impl System for LocalCluster {
             *counts.entry(l.load(Ordering::Relaxed)).or_insert(0) += 1;
         }
         counts.into_iter().max_by_key(|(_, c)| *c).map(|(l, _)| l)
+    }
+
+    fn committed_entries(&self) -> Option<u64> {
+        let leader = self.leader()?;
+        Some(self.commits.get(leader)?.load(Ordering::Relaxed))
     }
 
     fn shutdown(self: Box<Self>) -> Result<(), String> {

@@ -12,6 +12,7 @@ use async_std::sync::Mutex;
 use raft_bft::manifest::Manifest;
 use raft_bft::message::SignedTx;
 use raft_bft::types::ReplicaId;
+use raft_bft_net::wire::StatusReport;
 use raft_bft_net::{Client, ClientOptions, Connections, Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 
@@ -76,8 +77,7 @@ pub fn start(spec: &ClusterSpec) -> Result<Box<dyn System>, String> {
 /// Starts `spec.nodes` node processes of `program` (the `compare` binary, run as
 /// `program node --spec FILE`) on the manifest's addresses and connects
 /// `spec.accounts.len()` clients; returns once every replica agrees on a leader.
-pub fn start_with(spec: &ClusterSpec, program: &Path) -> Result<Box<dyn System>, String> {
-    let exe = program;
+pub fn start_with(spec: &ClusterSpec, exe: &Path) -> Result<Box<dyn System>, String> {
     let mut cluster = QuicCluster {
         children: Vec::new(),
         connections: Vec::new(),
@@ -98,7 +98,7 @@ pub fn start_with(spec: &ClusterSpec, program: &Path) -> Result<Box<dyn System>,
         std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         let log = std::fs::File::create(dir.join("node.log"))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
             .arg("node")
             .arg("--spec")
             .arg(&file)
@@ -145,21 +145,31 @@ impl QuicCluster {
 
     /// The leader every replica reports, if they all report the same one.
     fn agreed_leader(&self) -> Option<usize> {
+        self.agreed_status().map(|(leader, _)| leader)
+    }
+
+    /// The leader every replica reports, and its commit index.
+    fn agreed_status(&self) -> Option<(usize, u64)> {
         let connections = self.connections.first()?;
         let n = self.children.len();
         async_std::task::block_on(async {
-            let mut leader = None;
+            let mut reports: Vec<StatusReport> = Vec::with_capacity(n);
             for r in 0..n {
                 let report = connections
                     .status(ReplicaId(r as u32), Duration::from_millis(500))
                     .await
                     .ok()?;
-                if report.changing_term || leader.is_some_and(|l| l != report.leader) {
+                if report.changing_term
+                    || reports
+                        .first()
+                        .is_some_and(|first| first.leader != report.leader)
+                {
                     return None;
                 }
-                leader = Some(report.leader);
+                reports.push(report);
             }
-            leader.map(|l| l.as_usize())
+            let leader = reports.first()?.leader.as_usize();
+            Some((leader, reports.get(leader)?.commit_index.0))
         })
     }
 }
@@ -186,6 +196,10 @@ impl System for QuicCluster {
 
     fn leader(&self) -> Option<usize> {
         self.agreed_leader()
+    }
+
+    fn committed_entries(&self) -> Option<u64> {
+        self.agreed_status().map(|(_, commit)| commit)
     }
 
     fn shutdown(mut self: Box<Self>) -> Result<(), String> {

@@ -105,22 +105,19 @@ pub fn write_csv(path: &Path, rows: &[RunResult]) -> Result<(), ReportError> {
 pub fn throughput_chart(path: &Path, rows: &[RunResult]) -> Result<(), ReportError> {
     register_fonts()?;
     let series = throughput_series(rows);
-    let title = "Throughput against batch size (closed loop)";
-
     let root = BitMapBackend::new(path, (CHART_WIDTH, CHART_HEIGHT)).into_drawing_area();
-    root.fill(&WHITE)
-        .map_err(chart_err(path, "fill the background"))?;
-    let body = root
-        .margin(8, 0, 0, 0)
-        .titled(title, title_style())
-        .map_err(chart_err(path, "draw the title"))?;
-    if series.is_empty() {
-        draw_no_data(&body, "No closed-loop runs in these results")
-            .map_err(chart_err(path, "draw the no-data message"))?;
+    let empty = series
+        .is_empty()
+        .then_some("No closed-loop runs in these results");
+    let Some((plot_area, legend_area)) = frame(
+        &root,
+        path,
+        "Throughput against batch size (closed loop)",
+        empty,
+    )?
+    else {
         return root.present().map_err(chart_err(path, "save the PNG"));
-    }
-
-    let (plot_area, legend_area) = body.split_horizontally(CHART_WIDTH - LEGEND_WIDTH);
+    };
 
     let batches = series
         .iter()
@@ -194,22 +191,15 @@ pub fn throughput_chart(path: &Path, rows: &[RunResult]) -> Result<(), ReportErr
 pub fn latency_chart(path: &Path, rows: &[RunResult]) -> Result<(), ReportError> {
     register_fonts()?;
     let series = latency_series(rows);
-    let title = "Latency against load (open loop)";
-
     let root = BitMapBackend::new(path, (CHART_WIDTH, CHART_HEIGHT)).into_drawing_area();
-    root.fill(&WHITE)
-        .map_err(chart_err(path, "fill the background"))?;
-    let body = root
-        .margin(8, 0, 0, 0)
-        .titled(title, title_style())
-        .map_err(chart_err(path, "draw the title"))?;
-    if series.is_empty() {
-        draw_no_data(&body, "No open-loop runs in these results")
-            .map_err(chart_err(path, "draw the no-data message"))?;
+    let empty = series
+        .is_empty()
+        .then_some("No open-loop runs in these results");
+    let Some((plot_area, legend_area)) =
+        frame(&root, path, "Latency against load (open loop)", empty)?
+    else {
         return root.present().map_err(chart_err(path, "save the PNG"));
-    }
-
-    let (plot_area, legend_area) = body.split_horizontally(CHART_WIDTH - LEGEND_WIDTH);
+    };
 
     let all_points = series
         .iter()
@@ -337,6 +327,34 @@ fn chart_err<E: std::fmt::Display>(
         step,
         message: e.to_string(),
     }
+}
+
+/// A chart's white background and title, split into the plot and the legend column; or, for
+/// a chart without data, the `empty` message in place of both (and `None`).
+#[allow(clippy::type_complexity)]
+fn frame<'a>(
+    root: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    path: &Path,
+    title: &str,
+    empty: Option<&str>,
+) -> Result<
+    Option<(
+        DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+        DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    )>,
+    ReportError,
+> {
+    root.fill(&WHITE)
+        .map_err(chart_err(path, "fill the background"))?;
+    let body = root
+        .margin(8, 0, 0, 0)
+        .titled(title, title_style())
+        .map_err(chart_err(path, "draw the title"))?;
+    if let Some(message) = empty {
+        draw_no_data(&body, message).map_err(chart_err(path, "draw the no-data message"))?;
+        return Ok(None);
+    }
+    Ok(Some(body.split_horizontally(CHART_WIDTH - LEGEND_WIDTH)))
 }
 
 fn title_style() -> TextStyle<'static> {
@@ -597,6 +615,7 @@ mod tests {
             committed: (tps * 10.0) as u64,
             failed: 0,
             tps,
+            txs_per_entry: Some(64.0),
             p50_ms: 2.0 + 4000.0 / tps,
             p99_ms: 6.0 + 20000.0 / tps,
             p999_ms: 10.0 + 40000.0 / tps,
@@ -653,7 +672,7 @@ mod tests {
         let mut reader = csv::Reader::from_path(&path).unwrap();
         let headers = reader.headers().unwrap().clone();
         assert_eq!(headers.get(0), Some("system"));
-        assert_eq!(headers.len(), 18);
+        assert_eq!(headers.len(), 19);
         let offered = headers.iter().position(|h| h == "offered_tps").unwrap();
         let records = reader.records().collect::<Result<Vec<_>, _>>().unwrap();
         assert_eq!(records.len(), rows.len());

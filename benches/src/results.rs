@@ -26,6 +26,9 @@ pub struct RunResult {
     pub failed: u64,
     /// Committed txs per second.
     pub tps: f64,
+    /// Txs per committed log entry in the window (how full the batches were), if the system
+    /// reports its commit index.
+    pub txs_per_entry: Option<f64>,
     /// Latency percentiles in milliseconds (open loop: from the tx's scheduled send time).
     pub p50_ms: f64,
     /// 99th percentile.

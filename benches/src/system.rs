@@ -28,6 +28,12 @@ pub trait System: Send + Sync {
     /// The node that leads now, if one is known.
     fn leader(&self) -> Option<usize>;
 
+    /// Log entries committed so far (the leader's commit index), if known: with the txs
+    /// committed, it tells how full the batches were.
+    fn committed_entries(&self) -> Option<u64> {
+        None
+    }
+
     /// Stops every node and releases its resources.
     fn shutdown(self: Box<Self>) -> Result<(), String>;
 }

@@ -136,7 +136,10 @@ mod tests {
                 assert_eq!(tx.client, accounts.key(client).public());
                 let op = LedgerOp::decode(&tx.op).expect("decodes");
                 let result = ledger.execute(&tx.client, &op);
-                assert!(matches!(result, LedgerResult::Transferred { .. }), "{result:?}");
+                assert!(
+                    matches!(result, LedgerResult::Transferred { .. }),
+                    "{result:?}"
+                );
             }
         }
         assert_eq!(ledger.supply(), 5 * INITIAL_BALANCE);

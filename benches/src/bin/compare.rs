@@ -35,12 +35,17 @@ struct Args {
     /// Seconds of warm-up per run before measuring (default 2, or 1 with --quick).
     #[arg(long)]
     warmup: Option<f64>,
-    /// Closed-loop clients, each with one tx in flight.
-    #[arg(long, default_value_t = 2048)]
+    /// Closed-loop clients, each with one tx in flight (at most 32 per tx of a batch: enough to
+    /// fill a pipeline of 8 batches four times).
+    #[arg(long, default_value_t = 1024)]
     clients: usize,
     /// Memo bytes in each transfer (the op is about 50 bytes more).
     #[arg(long, default_value_t = 32)]
     memo_bytes: usize,
+    /// How long a batch may wait to fill, in milliseconds (raft-bft's `max_batch_delay`; plain
+    /// Raft's proposer uses the same).
+    #[arg(long, default_value_t = 2.0)]
+    batch_delay_ms: f64,
     /// Batch sizes to sweep (default 1,16,128,1024; with --quick 16,1024).
     #[arg(long, value_delimiter = ',')]
     batches: Option<Vec<u32>>,
@@ -126,13 +131,17 @@ impl Bench {
             }
         }
         self.runs += 1;
-        let clients = self.args.clients;
+        // Enough txs in flight to fill the pipeline of batches (the protocol's default depth
+        // of 8, four times over), and no more: with batches of one, a thousand clients would
+        // only queue at the leader past their retry timeout.
+        let pipeline = raft_bft::config::Params::default().pipeline_depth as usize;
+        let clients = self.args.clients.min(batch as usize * pipeline * 4).max(1);
         let accounts = Arc::new(Accounts::new(clients, self.args.memo_bytes));
         let addresses = (0..nodes)
             .map(|_| raft_bft_net::free_udp_port().map(|p| format!("127.0.0.1:{p}")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("no free port: {e}"))?;
-        let batch_delay = Duration::from_millis(2);
+        let batch_delay = Duration::from_secs_f64(self.args.batch_delay_ms / 1000.0);
         let manifest = bench_manifest(&addresses, batch, batch_delay);
         let cluster_id = *Cluster::new(manifest.clone())
             .map_err(|e| e.to_string())?
@@ -173,7 +182,10 @@ impl Bench {
         let _ = std::fs::remove_dir_all(&dir);
         stopped.map_err(|e| format!("{label}: stopping: {e}"))?;
         if m.exhausted {
-            eprintln!("{label}: the pre-signed txs ran out; the window was {:.1} s", m.seconds);
+            eprintln!(
+                "{label}: the pre-signed txs ran out; the window was {:.1} s",
+                m.seconds
+            );
         }
         if let Some(e) = &m.first_error {
             eprintln!("{label}: {} failed, the first: {e}", m.failed);
@@ -205,6 +217,10 @@ impl Bench {
             committed: m.committed,
             failed: m.failed,
             tps,
+            txs_per_entry: m
+                .entries
+                .filter(|e| *e > 0)
+                .map(|e| m.committed as f64 / e as f64),
             p50_ms: m.latencies.quantile_ms(0.5),
             p99_ms: m.latencies.quantile_ms(0.99),
             p999_ms: m.latencies.quantile_ms(0.999),
@@ -222,12 +238,13 @@ impl Bench {
 
 fn header() -> String {
     format!(
-        "{:<15} {:>3} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8}",
+        "{:<15} {:>3} {:>5} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8}",
         "system",
         "n",
         "batch",
         "offered",
         "tx/s",
+        "tx/ent",
         "p50 ms",
         "p99 ms",
         "p999 ms",
@@ -239,13 +256,15 @@ fn header() -> String {
 
 fn row(r: &RunResult) -> String {
     format!(
-        "{:<15} {:>3} {:>5} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>11.1} {:>11.1} {:>7.0}%",
+        "{:<15} {:>3} {:>5} {:>9} {:>9.0} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>11.1} {:>11.1} {:>7.0}%",
         r.system,
         r.nodes,
         r.batch,
         r.offered_tps
             .map_or("closed".to_string(), |t| format!("{t:.0}")),
         r.tps,
+        r.txs_per_entry
+            .map_or("-".to_string(), |t| format!("{t:.0}")),
         r.p50_ms,
         r.p99_ms,
         r.p999_ms,
@@ -257,6 +276,15 @@ fn row(r: &RunResult) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // RUST_LOG=raft_bft=trace shows each entry's phases (node processes log to their
+    // directory's node.log).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if let Some(Cmd::Node { spec }) = &args.command {
         return match raft_bft_quic::run_node(spec) {
             Ok(()) => ExitCode::SUCCESS,
@@ -281,14 +309,17 @@ fn compare(args: Args) -> Result<(), String> {
         warmup: Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 1.0 } else { 2.0 })),
         measure: Duration::from_secs_f64(args.seconds.unwrap_or(if quick { 3.0 } else { 8.0 })),
     };
-    let batches = args
-        .batches
-        .clone()
-        .unwrap_or_else(|| if quick { vec![16, 1024] } else { vec![1, 16, 128, 1024] });
-    let node_counts = args
-        .nodes
-        .clone()
-        .unwrap_or_else(|| if quick { vec![4] } else { vec![4, 7, 10] });
+    let batches = args.batches.clone().unwrap_or_else(|| {
+        if quick {
+            vec![16, 1024]
+        } else {
+            vec![1, 16, 128, 1024]
+        }
+    });
+    let node_counts =
+        args.nodes
+            .clone()
+            .unwrap_or_else(|| if quick { vec![4] } else { vec![4, 7, 10] });
     let loads = args.loads.clone().unwrap_or_else(|| {
         if quick {
             vec![0.5]
@@ -301,11 +332,13 @@ fn compare(args: Args) -> Result<(), String> {
     eprintln!("measuring the crypto ceiling...");
     let ceiling = Ceiling::measure(1024, args.memo_bytes, Duration::from_millis(500))?;
     eprintln!(
-        "crypto ceiling: {} cores, {:.2} us per signature batch-verified (batches of {}): \
-         {:.0} tx/s with 4 verifying replicas, {:.0} with 1",
+        "crypto ceiling: {} cores, {:.2} us per signature batch-verified (batches of {}; \
+         {:.2} us with every core verifying at once): {:.0} tx/s with 4 verifying replicas, \
+         {:.0} with 1",
         ceiling.cores,
         ceiling.per_signature.as_secs_f64() * 1e6,
         ceiling.batch,
+        ceiling.per_signature_all_busy.as_secs_f64() * 1e6,
         ceiling.tps(4),
         ceiling.tps(1)
     );

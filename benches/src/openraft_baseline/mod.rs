@@ -201,6 +201,13 @@ impl System for OpenRaftCluster {
             .map(|(_, i)| i)
     }
 
+    fn committed_entries(&self) -> Option<u64> {
+        let leader = self.nodes.get(self.leader()?)?;
+        let metrics = leader.raft.metrics();
+        let applied = metrics.borrow().last_applied;
+        applied.map(|log_id| log_id.index)
+    }
+
     fn shutdown(self: Box<Self>) -> Result<(), String> {
         self.stop()
     }

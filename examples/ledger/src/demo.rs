@@ -249,11 +249,14 @@ async fn load(
                 }
                 let amount = 1 + (rng >> 32) % 100;
                 let outcome = client
-                    .submit(LedgerOp::Transfer {
-                to,
-                amount,
-                memo: Vec::new(),
-            }.encode())
+                    .submit(
+                        LedgerOp::Transfer {
+                            to,
+                            amount,
+                            memo: Vec::new(),
+                        }
+                        .encode(),
+                    )
                     .await;
                 let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
                 match outcome {
