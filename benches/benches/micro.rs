@@ -11,6 +11,7 @@
 //! | `batch_verify` | `batch_verify/verify_txs/{16,64,256,1024}` | `Verifier::verify_txs` of N txs: N tx-id hashes and one batch verification (per element: per tx) |
 //! | | `batch_verify/batch_verifier/{16,64,256,1024}` | `BatchVerifier::verify` of N queued (key, digest, signature) items, nothing else (per element: per signature) |
 //! | | `batch_verify/verify_message_pre_append/1024` | a follower's `Verifier::verify_message` of the leader's real PreAppend of 1024 txs (shape, ids, Merkle root, leader signature, batch of 1024) |
+//! | | `batch_verify/verify_message_pre_append_resent/1024` | the same PreAppend again, as a retransmission: its signatures are remembered as verified (`VerifiedEntries`), so the batch is skipped |
 //! | `codec` | `codec/signed_tx/{encode,decode}` | one `SignedTx` (decode with the message size limit) |
 //! | | `codec/pre_append_1024/{encode,decode}` | the leader's real `ReplicaMessage::PreAppend` carrying 1024 txs (per element: per tx) |
 //! | `hashing` | `hashing/tx_id` | `SignedTx::id` (keyed blake3 of client, ts, op) |
@@ -63,7 +64,7 @@ use raft_bft::message::{entry_hash, Entry, Phase, ReplicaMessage, SignedTx};
 use raft_bft::persist::{DurableState, PersistBatch, PersistOp};
 use raft_bft::replica::{OutMessage, Ready, Replica, Target};
 use raft_bft::types::{Digest, Index, ReplicaId, Term, Time};
-use raft_bft::verify::{CheckedTx, Verified, Verifier};
+use raft_bft::verify::{CheckedTx, Verified, VerifiedEntries, Verifier};
 use raft_bft_benches::workload::Accounts;
 use raft_bft_storage::{FileStore, Store};
 use std::hint::black_box;
@@ -438,8 +439,33 @@ fn bench_batch_verify(c: &mut Criterion, fx: &Fixture) {
         .verify_message(leader, fx.pre_append.clone())
         .expect("the leader's PreAppend verifies");
     group.throughput(Throughput::Elements(BATCH as u64));
+    // A fresh memory of verified entries each time: a first copy of the proposal.
     group.bench_with_input(
         BenchmarkId::new("verify_message_pre_append", BATCH),
+        &BATCH,
+        |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    verifier.share_verified_entries(VerifiedEntries::default());
+                    let msg = fx.pre_append.clone();
+                    let start = std::time::Instant::now();
+                    let verified = verifier.verify_message(leader, msg);
+                    total += start.elapsed();
+                    black_box(verified).expect("the leader's PreAppend verifies");
+                }
+                total
+            })
+        },
+    );
+    // The same proposal again (a leader's retransmission): its signatures are remembered.
+    let resent = VerifiedEntries::default();
+    verifier.share_verified_entries(resent.clone());
+    verifier
+        .verify_message(leader, fx.pre_append.clone())
+        .expect("the leader's PreAppend verifies");
+    group.bench_with_input(
+        BenchmarkId::new("verify_message_pre_append_resent", BATCH),
         &BATCH,
         |b, _| {
             b.iter_batched(

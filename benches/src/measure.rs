@@ -94,6 +94,27 @@ pub fn own_cpu() -> Duration {
     process_cpu(std::process::id()).unwrap_or_default()
 }
 
+/// The median time of appending 64 KiB to a file in `dir` and `fdatasync`ing it, over `rounds`
+/// rounds: what one group commit costs on this disk at the moment (a shared host's disk varies
+/// over minutes), to read the latencies against.
+pub fn sync_latency(dir: &Path, rounds: usize) -> std::io::Result<Duration> {
+    use std::io::Write;
+    let path = dir.join("sync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = vec![0x5a; 64 << 10];
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        file.write_all(&block)?;
+        let start = std::time::Instant::now();
+        file.sync_data()?;
+        samples.push(start.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,7 +188,7 @@ fn replicas_catching_up_refuse_bad_state_from_a_byzantine_peer() {
         Effect {
             name: "damaged snapshots refused",
             strategy: Strategy::BadSnapshot,
-            seeds: 10,
+            seeds: 6,
             count: |c| count(&c.replica_refusals, "checkpoint failed verification"),
         },
         Effect {

@@ -32,14 +32,25 @@ struct Inflight {
     executed_by: BTreeSet<ReplicaId>,
     last_sent: Time,
     /// How long after `last_sent` the phase's message goes again to those who did not answer:
-    /// the heartbeat interval, doubled after each retransmission (see `MAX_RESEND_BACKOFF`).
+    /// the heartbeat interval, doubled after each retransmission of the proposal itself (see
+    /// `proposal_backoff_cap`).
     resend_after: Duration,
 }
 
-/// Retransmissions of one phase back off up to this many heartbeat intervals. A phase slower
-/// than one interval (a busy disk) would otherwise get its whole entry resent, and
-/// re-verified by every follower, every interval: work that slows the phase further.
-const MAX_RESEND_BACKOFF: u32 = 8;
+/// The longest wait between two retransmissions of one proposal: eight heartbeat intervals,
+/// and at most a quarter of the commit timeout, so that a follower holding the entry sees it
+/// retried several times before it suspects the leader.
+///
+/// Only the PreAppend backs off: it carries the whole entry, and a phase slower than one
+/// interval (a busy disk) would otherwise get up to a thousand txs resent, and re-verified by
+/// every follower, every interval, which slows the phase further. Certificates are small and
+/// keep going every interval.
+fn proposal_backoff_cap(cluster: &Cluster) -> Duration {
+    let params = cluster.params();
+    (params.heartbeat_interval * 8)
+        .min(params.commit_timeout / 4)
+        .max(params.heartbeat_interval)
+}
 
 impl Inflight {
     fn new(hash: Digest, proposal: PreAppend, sent: Time, resend_after: Duration) -> Self {
@@ -509,7 +520,7 @@ impl<S: StateMachine> Replica<S> {
     /// follower that missed a message of a finished phase could never vote again, and once more
     /// than `f` followers are in that state the pipeline stalls for good.
     pub(super) fn leader_tick(&mut self) {
-        let interval = self.cluster.params().heartbeat_interval;
+        let cap = proposal_backoff_cap(&self.cluster);
         let n = self.cluster.n() as u32;
         let me = self.id;
         let now = self.now;
@@ -532,7 +543,9 @@ impl<S: StateMachine> Replica<S> {
                 continue;
             }
             flight.last_sent = now;
-            flight.resend_after = (flight.resend_after * 2).min(interval * MAX_RESEND_BACKOFF);
+            if flight.phase == Phase::PreAppend {
+                flight.resend_after = (flight.resend_after * 2).min(cap);
+            }
             let answered: BTreeSet<ReplicaId> = match flight.phase {
                 Phase::Commit => flight.executed_by.clone(),
                 _ => flight.votes.keys().copied().collect(),

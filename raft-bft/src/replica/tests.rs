@@ -1097,9 +1097,10 @@ fn a_slow_phase_is_resent_with_backoff_not_every_heartbeat() {
             resent_at.push(now.0 - 10);
         }
     }
-    // Resent after 1, 3, 7, 15 intervals (1 + 2 + 4 + 8), then every 8: not 20 times.
+    // Resent after 1, 3 and 7 intervals (gaps of 1, 2 and 4), then every 5 (a quarter of the
+    // 1 s commit timeout): not every interval.
     let intervals: Vec<u64> = resent_at.iter().map(|t| t / interval).collect();
-    assert_eq!(intervals, vec![1, 3, 7, 15], "{resent_at:?}");
+    assert_eq!(intervals, vec![1, 3, 7, 12, 17], "{resent_at:?}");
 }
 
 #[test]
