@@ -103,7 +103,7 @@ impl Kind {
     fn expected_peak(self) -> f64 {
         match self {
             Kind::Quic | Kind::Local => 40_000.0,
-            Kind::OpenRaft => 120_000.0,
+            Kind::OpenRaft => 80_000.0,
         }
     }
 }
