@@ -86,12 +86,9 @@ pub fn run(
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let progress = progress_thread(label.to_string(), done.clone(), stop.clone(), timing);
-    let mut cpu_start: Option<(Vec<Duration>, Option<u64>)> = None;
-    let cpu_probe = std::cell::RefCell::new(&mut cpu_start);
 
     let client = |i: usize, mut queue: VecDeque<SignedTx>| {
         let done = done.clone();
-        let cpu_probe = &cpu_probe;
         async move {
             let mut tally = ClientTally::default();
             let mut k = 0u64;
@@ -114,14 +111,6 @@ pub fn run(
                 k += 1;
                 if due >= window_end {
                     break;
-                }
-                if i == 0 && due >= window_start {
-                    // The first client to enter the window samples CPU at its start.
-                    if let Ok(mut probe) = cpu_probe.try_borrow_mut() {
-                        if probe.is_none() {
-                            **probe = Some((system.cpu(), system.committed_entries()));
-                        }
-                    }
                 }
                 let Some(tx) = queue.pop_front() else {
                     tally.exhausted = true;
@@ -173,7 +162,16 @@ pub fn run(
         .enumerate()
         .map(|(i, q)| client(i, q))
         .collect();
-    let tallies = async_std::task::block_on(futures_util::future::join_all(futures));
+    // CPU time and the commit index are sampled at the window's start by a thread of their
+    // own, so that the sample does not wait for any client's tx.
+    let (tallies, cpu_start) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
+            (system.cpu(), system.committed_entries())
+        });
+        let tallies = async_std::task::block_on(futures_util::future::join_all(futures));
+        (tallies, sampler.join().ok())
+    });
     let finished = Instant::now();
     let cpu_end = system.cpu();
     let entries_end = system.committed_entries();
